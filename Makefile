@@ -1,0 +1,56 @@
+# nomnom — `make run` starts the pipeline, `make test` runs every check.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+export PATH := $(CURDIR)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
+export GOFLAGS ?= -buildvcs=false
+
+BUF      := node_modules/.bin/buf
+GO_PKGS   = $$(go list -m -f '{{.Dir}}/...')
+GENERATORS := bin/protoc-gen-go bin/protoc-gen-connect-go bin/sqlc
+
+.PHONY: help run test generate check-generated lint vet build tools bench ts-test
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+run: ## start PostgreSQL (if needed), JetStream, ingest and worker in one process
+	go run ./cmd/nomnom dev
+
+test: check-generated vet ## regenerate, lint, vet and run all Go and TypeScript tests
+	go test -count=1 -timeout 15m $(GO_PKGS)
+	$(MAKE) ts-test
+
+$(GENERATORS) &: tools/go.mod tools/go.sum
+	cd tools && GOWORK=off GOBIN=$(CURDIR)/bin go install tool
+	@touch $(GENERATORS)
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+tools: $(GENERATORS) node_modules/.installed ## build the pinned code generators
+
+generate: tools ## regenerate everything under gen/
+	go run ./internal/gen/validateproto third_party/protovalidate
+	$(BUF) lint
+	$(BUF) generate
+	sqlc generate
+
+check-generated: generate ## fail if gen/ differs from what is committed
+	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
+		echo "generated code is stale; run 'make generate' and commit:"; \
+		git status --porcelain -- gen; exit 1; fi
+
+vet: ## go vet every workspace module
+	go vet $(GO_PKGS)
+
+build: ## build the binaries into bin/
+	go build -o bin/ ./cmd/nomnom ./services/ingest ./services/worker
+
+bench: ## end-to-end benchmark against embedded dependencies
+	go run ./cmd/nomnom bench
+
+ts-test: ## build the TypeScript client and run its test against a live server
+	@if [ -f gen/ts/package.json ]; then cd gen/ts && npm ci --no-audit --no-fund --loglevel=error && npm test; fi

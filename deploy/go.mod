@@ -1,0 +1,7 @@
+module github.com/nomnomhq/nomnom/deploy
+
+go 1.26.8
+
+require github.com/nomnomhq/nomnom v0.0.0
+
+replace github.com/nomnomhq/nomnom => ..
