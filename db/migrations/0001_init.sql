@@ -18,6 +18,8 @@ CREATE TABLE message_status (
     generation    INTEGER      NOT NULL DEFAULT 0,
     attempt       INTEGER      NOT NULL DEFAULT 0,
     rank          SMALLINT     NOT NULL DEFAULT 0,
+    -- Sequence of the entry on the dead-letter stream while status is 'dlq'.
+    dlq_sequence  BIGINT,
     created_at    TIMESTAMPTZ  NOT NULL DEFAULT now(),
     updated_at    TIMESTAMPTZ  NOT NULL DEFAULT now()
 );

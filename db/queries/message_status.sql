@@ -4,10 +4,11 @@
 -- commutative: the worker's 'completed' may land before ingest's 'accepted'.
 INSERT INTO message_status AS t (
     message_id, entity_type, status, received_at, processed_at, retry_count,
-    error_message, source, generation, attempt, rank
+    error_message, source, generation, attempt, rank, dlq_sequence
 )
 SELECT u.message_id, u.entity_type, u.status, u.received_at, u.processed_at, u.retry_count,
-       NULLIF(u.error_message, ''), NULLIF(u.source, ''), u.generation, u.attempt, u.rank
+       NULLIF(u.error_message, ''), NULLIF(u.source, ''), u.generation, u.attempt, u.rank,
+       NULLIF(u.dlq_sequence, 0)
 FROM (SELECT
     unnest(@message_ids::uuid[]) AS message_id,
     unnest(@entity_types::text[]) AS entity_type,
@@ -19,7 +20,8 @@ FROM (SELECT
     unnest(@sources::text[]) AS source,
     unnest(@generations::int4[]) AS generation,
     unnest(@attempts::int4[]) AS attempt,
-    unnest(@ranks::int2[]) AS rank
+    unnest(@ranks::int2[]) AS rank,
+    unnest(@dlq_sequences::int8[]) AS dlq_sequence
 ) AS u
 ON CONFLICT (message_id) DO UPDATE SET
     entity_type   = excluded.entity_type,
@@ -32,6 +34,7 @@ ON CONFLICT (message_id) DO UPDATE SET
     generation    = excluded.generation,
     attempt       = excluded.attempt,
     rank          = excluded.rank,
+    dlq_sequence  = excluded.dlq_sequence,
     updated_at    = now()
 WHERE (excluded.generation, excluded.attempt, excluded.rank) > (t.generation, t.attempt, t.rank);
 

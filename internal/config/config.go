@@ -40,6 +40,7 @@ type Config struct {
 	NATSReplicas      int           `env:"NATS_REPLICAS" envDefault:"1"`
 	NATSDuplicates    time.Duration `env:"NATS_DUPLICATE_WINDOW" envDefault:"2m"`
 	IngestMaxBody     int64         `env:"INGEST_MAX_BODY_BYTES" envDefault:"1048576"`
+	IngestMaxBatch    int64         `env:"INGEST_MAX_BATCH_BYTES" envDefault:"16777216"`
 	IngestTokens      []string      `env:"INGEST_TOKENS"`
 	AdminTokens       []string      `env:"ADMIN_TOKENS"`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
@@ -166,6 +167,7 @@ func (c *Config) validate() error {
 	check(c.NATSMaxBytes == -1 || c.NATSMaxBytes > 0, "NATS_MAX_BYTES", c.NATSMaxBytes, "a positive number of bytes, or -1 for no limit")
 	check(c.NATSDLQMaxBytes == -1 || c.NATSDLQMaxBytes > 0, "NATS_DLQ_MAX_BYTES", c.NATSDLQMaxBytes, "a positive number of bytes, or -1 for no limit")
 	check(c.IngestMaxBody >= 1024, "INGEST_MAX_BODY_BYTES", c.IngestMaxBody, "at least 1024")
+	check(c.IngestMaxBatch >= c.IngestMaxBody, "INGEST_MAX_BATCH_BYTES", c.IngestMaxBatch, "at least INGEST_MAX_BODY_BYTES")
 	check(c.NATSDuplicates >= time.Second, "NATS_DUPLICATE_WINDOW", c.NATSDuplicates, "a duration of at least 1s")
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT", c.ShutdownTimeout, "a positive duration")
 	check(c.WorkerAckWait >= time.Second, "WORKER_ACK_WAIT", c.WorkerAckWait, "a duration of at least 1s")
@@ -275,10 +277,12 @@ func RedactURL(raw string) string {
 		return strings.Join(fields, " ")
 	}
 	if u.User != nil {
-		if _, hasPassword := u.User.Password(); hasPassword {
+		_, hasPassword := u.User.Password()
+		switch {
+		case hasPassword:
 			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		} else {
-			u.User = url.User("xxxxx") // a bare user part is a token (nats://token@host)
+		case !strings.HasPrefix(u.Scheme, "postgres"):
+			u.User = url.User("xxxxx") // nats://token@host: the user part is a token
 		}
 	}
 	return u.String()

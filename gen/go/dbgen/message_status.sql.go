@@ -46,7 +46,7 @@ func (q *Queries) MessageStatusCount(ctx context.Context) ([]MessageStatusCountR
 }
 
 const messageStatusGetByID = `-- name: MessageStatusGetByID :one
-SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, created_at, updated_at FROM message_status WHERE message_id = $1
+SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at FROM message_status WHERE message_id = $1
 `
 
 func (q *Queries) MessageStatusGetByID(ctx context.Context, messageID uuid.UUID) (MessageStatus, error) {
@@ -64,6 +64,7 @@ func (q *Queries) MessageStatusGetByID(ctx context.Context, messageID uuid.UUID)
 		&i.Generation,
 		&i.Attempt,
 		&i.Rank,
+		&i.DlqSequence,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 	)
@@ -71,7 +72,7 @@ func (q *Queries) MessageStatusGetByID(ctx context.Context, messageID uuid.UUID)
 }
 
 const messageStatusGetMany = `-- name: MessageStatusGetMany :many
-SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, created_at, updated_at FROM message_status WHERE message_id = ANY($1::uuid[])
+SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at FROM message_status WHERE message_id = ANY($1::uuid[])
 `
 
 func (q *Queries) MessageStatusGetMany(ctx context.Context, messageIds []uuid.UUID) ([]MessageStatus, error) {
@@ -95,6 +96,7 @@ func (q *Queries) MessageStatusGetMany(ctx context.Context, messageIds []uuid.UU
 			&i.Generation,
 			&i.Attempt,
 			&i.Rank,
+			&i.DlqSequence,
 			&i.CreatedAt,
 			&i.UpdatedAt,
 		); err != nil {
@@ -109,7 +111,7 @@ func (q *Queries) MessageStatusGetMany(ctx context.Context, messageIds []uuid.UU
 }
 
 const messageStatusList = `-- name: MessageStatusList :many
-SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, created_at, updated_at FROM message_status
+SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at FROM message_status
 WHERE (cardinality($1::text[]) = 0 OR status = ANY($1::text[]))
   AND ($2::text = '' OR entity_type = $2::text)
   AND ($3::timestamptz IS NULL OR received_at >= $3::timestamptz)
@@ -161,6 +163,7 @@ func (q *Queries) MessageStatusList(ctx context.Context, arg MessageStatusListPa
 			&i.Generation,
 			&i.Attempt,
 			&i.Rank,
+			&i.DlqSequence,
 			&i.CreatedAt,
 			&i.UpdatedAt,
 		); err != nil {
@@ -177,10 +180,11 @@ func (q *Queries) MessageStatusList(ctx context.Context, arg MessageStatusListPa
 const messageStatusUpsertMany = `-- name: MessageStatusUpsertMany :exec
 INSERT INTO message_status AS t (
     message_id, entity_type, status, received_at, processed_at, retry_count,
-    error_message, source, generation, attempt, rank
+    error_message, source, generation, attempt, rank, dlq_sequence
 )
 SELECT u.message_id, u.entity_type, u.status, u.received_at, u.processed_at, u.retry_count,
-       NULLIF(u.error_message, ''), NULLIF(u.source, ''), u.generation, u.attempt, u.rank
+       NULLIF(u.error_message, ''), NULLIF(u.source, ''), u.generation, u.attempt, u.rank,
+       NULLIF(u.dlq_sequence, 0)
 FROM (SELECT
     unnest($1::uuid[]) AS message_id,
     unnest($2::text[]) AS entity_type,
@@ -192,7 +196,8 @@ FROM (SELECT
     unnest($8::text[]) AS source,
     unnest($9::int4[]) AS generation,
     unnest($10::int4[]) AS attempt,
-    unnest($11::int2[]) AS rank
+    unnest($11::int2[]) AS rank,
+    unnest($12::int8[]) AS dlq_sequence
 ) AS u
 ON CONFLICT (message_id) DO UPDATE SET
     entity_type   = excluded.entity_type,
@@ -205,6 +210,7 @@ ON CONFLICT (message_id) DO UPDATE SET
     generation    = excluded.generation,
     attempt       = excluded.attempt,
     rank          = excluded.rank,
+    dlq_sequence  = excluded.dlq_sequence,
     updated_at    = now()
 WHERE (excluded.generation, excluded.attempt, excluded.rank) > (t.generation, t.attempt, t.rank)
 `
@@ -221,6 +227,7 @@ type MessageStatusUpsertManyParams struct {
 	Generations   []int32
 	Attempts      []int32
 	Ranks         []int16
+	DlqSequences  []int64
 }
 
 // Applies many status writes at once. A write replaces the stored row only
@@ -239,6 +246,7 @@ func (q *Queries) MessageStatusUpsertMany(ctx context.Context, arg MessageStatus
 		arg.Generations,
 		arg.Attempts,
 		arg.Ranks,
+		arg.DlqSequences,
 	)
 	return err
 }

@@ -46,6 +46,7 @@ type MessageStatus struct {
 	Generation   int32
 	Attempt      int32
 	Rank         int16
+	DlqSequence  pgtype.Int8
 	CreatedAt    pgtype.Timestamptz
 	UpdatedAt    pgtype.Timestamptz
 }

@@ -1,0 +1,235 @@
+// Package envelope defines how a record travels: the entity it carries, the
+// JetStream subject it goes to, the protobuf Envelope that wraps it, and how
+// its JSON payload decodes and validates into a typed record.
+package envelope
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"buf.build/go/protovalidate"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	envelopev1 "github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1"
+	tpchv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/tpch/v1"
+)
+
+// Entity is a record kind, named as it appears in subjects, tables and the
+// REST API ("order", "customer", "product").
+type Entity string
+
+// The entities nomnom stores.
+const (
+	Order    Entity = "order"
+	Customer Entity = "customer"
+	Product  Entity = "product"
+)
+
+// Entities lists every entity in a stable order.
+var Entities = []Entity{Order, Customer, Product}
+
+// ErrUnknownEntity is returned for an entity name or record nomnom cannot place.
+var ErrUnknownEntity = errors.New("unknown entity")
+
+// ParseEntity accepts the names producers use: "order", "orders", "Order",
+// "ENTITY_TYPE_ORDER", "part" for product, and so on.
+func ParseEntity(s string) (Entity, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "order", "orders", "entity_type_order":
+		return Order, nil
+	case "customer", "customers", "entity_type_customer":
+		return Customer, nil
+	case "product", "products", "part", "parts", "entity_type_product":
+		return Product, nil
+	}
+	return "", fmt.Errorf("%w %q: want order, customer or product", ErrUnknownEntity, s)
+}
+
+// Infer picks the entity of a JSON object from its keys, most specific first:
+// an order also names its customer, and a line item names a part.
+func Infer(fields map[string]json.RawMessage) (Entity, error) {
+	switch {
+	case fields["order_key"] != nil:
+		return Order, nil
+	case fields["part_key"] != nil:
+		return Product, nil
+	case fields["customer_key"] != nil:
+		return Customer, nil
+	}
+	return "", fmt.Errorf("%w: cannot infer it from the record; give entity_type, or one of order_key, part_key, customer_key", ErrUnknownEntity)
+}
+
+// FromProto maps the protobuf enum to an Entity.
+func FromProto(t tpchv1.EntityType) (Entity, error) {
+	switch t {
+	case tpchv1.EntityType_ENTITY_TYPE_ORDER:
+		return Order, nil
+	case tpchv1.EntityType_ENTITY_TYPE_CUSTOMER:
+		return Customer, nil
+	case tpchv1.EntityType_ENTITY_TYPE_PRODUCT:
+		return Product, nil
+	}
+	return "", fmt.Errorf("%w %s", ErrUnknownEntity, t)
+}
+
+// Proto maps an Entity to the protobuf enum.
+func (e Entity) Proto() tpchv1.EntityType {
+	switch e {
+	case Order:
+		return tpchv1.EntityType_ENTITY_TYPE_ORDER
+	case Customer:
+		return tpchv1.EntityType_ENTITY_TYPE_CUSTOMER
+	case Product:
+		return tpchv1.EntityType_ENTITY_TYPE_PRODUCT
+	}
+	return tpchv1.EntityType_ENTITY_TYPE_UNSPECIFIED
+}
+
+// IngestSubject is the subject ingest publishes the entity's records to.
+func (e Entity) IngestSubject() string { return "messages.ingest." + string(e) }
+
+// DLQSubject is the subject dead letters of the entity go to.
+func (e Entity) DLQSubject() string { return "messages.dlq." + string(e) }
+
+// Subjects the streams bind.
+const (
+	IngestSubjects = "messages.ingest.>"
+	DLQSubjects    = "messages.dlq.>"
+)
+
+// EntityFromSubject returns the entity of a messages.ingest.<e> or
+// messages.dlq.<e> subject.
+func EntityFromSubject(subject string) (Entity, error) {
+	i := strings.LastIndexByte(subject, '.')
+	return ParseEntity(subject[i+1:])
+}
+
+// New wraps a payload in a fresh Envelope with a time-ordered UUIDv7 id.
+func New(entity Entity, payload []byte, receivedAt time.Time, source, idempotencyKey string) (*envelopev1.Envelope, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, fmt.Errorf("message id: %w", err)
+	}
+	return &envelopev1.Envelope{
+		MessageId:      id.String(),
+		EntityType:     entity.Proto(),
+		ReceivedAt:     timestamppb.New(receivedAt),
+		Source:         source,
+		IdempotencyKey: idempotencyKey,
+		Payload:        payload,
+	}, nil
+}
+
+// Marshal encodes an envelope for JetStream.
+func Marshal(env *envelopev1.Envelope) ([]byte, error) { return proto.Marshal(env) }
+
+// Unmarshal decodes an envelope read from JetStream and checks the fields
+// every consumer relies on.
+func Unmarshal(data []byte) (*envelopev1.Envelope, error) {
+	env := &envelopev1.Envelope{}
+	if err := proto.Unmarshal(data, env); err != nil {
+		return nil, fmt.Errorf("decode envelope: %w", err)
+	}
+	if _, err := uuid.Parse(env.GetMessageId()); err != nil {
+		return nil, fmt.Errorf("envelope message_id %q: %w", env.GetMessageId(), err)
+	}
+	if _, err := FromProto(env.GetEntityType()); err != nil {
+		return nil, fmt.Errorf("envelope: %w", err)
+	}
+	return env, nil
+}
+
+// Record is a decoded, validated entity record: *tpchv1.Order,
+// *tpchv1.Customer or *tpchv1.Product.
+type Record = proto.Message
+
+// NewRecord returns an empty record of the entity's type.
+func NewRecord(e Entity) (Record, error) {
+	switch e {
+	case Order:
+		return &tpchv1.Order{}, nil
+	case Customer:
+		return &tpchv1.Customer{}, nil
+	case Product:
+		return &tpchv1.Product{}, nil
+	}
+	return nil, fmt.Errorf("%w %q", ErrUnknownEntity, e)
+}
+
+// InvalidError reports a payload that can never be stored as it is: JSON
+// that does not fit the entity, or a record that breaks a validation rule.
+// Its message names the offending fields.
+type InvalidError struct {
+	Entity Entity
+	Reason string
+}
+
+func (e *InvalidError) Error() string { return fmt.Sprintf("invalid %s: %s", e.Entity, e.Reason) }
+
+var decodeOptions = protojson.UnmarshalOptions{DiscardUnknown: true}
+
+// Decode parses the JSON payload of an entity and validates it. Unknown
+// fields (such as entity_type) are ignored; a null value counts as unset, so
+// {"customer_key": null} fails the required-field rule.
+func Decode(e Entity, payload []byte) (Record, error) {
+	rec, err := NewRecord(e)
+	if err != nil {
+		return nil, err
+	}
+	if err := decodeOptions.Unmarshal(payload, rec); err != nil {
+		return nil, &InvalidError{Entity: e, Reason: err.Error()}
+	}
+	if err := Validate(rec); err != nil {
+		return nil, &InvalidError{Entity: e, Reason: err.Error()}
+	}
+	return rec, nil
+}
+
+// EncodeRecord renders a typed record as JSON with its proto field names, the
+// form the REST API accepts, so typed and raw records share one payload shape.
+func EncodeRecord(rec Record) ([]byte, error) {
+	return protojson.MarshalOptions{UseProtoNames: true}.Marshal(rec)
+}
+
+var validator = sync.OnceValues(func() (protovalidate.Validator, error) { return protovalidate.New() })
+
+// Validate checks a message against its protovalidate rules and returns an
+// error listing each violation as "field [rule]: message".
+func Validate(msg proto.Message) error {
+	v, err := validator()
+	if err != nil {
+		return fmt.Errorf("validator: %w", err)
+	}
+	err = v.Validate(msg)
+	var verr *protovalidate.ValidationError
+	if !errors.As(err, &verr) {
+		return err
+	}
+	parts := make([]string, 0, len(verr.Violations))
+	for _, viol := range verr.Violations {
+		field := protovalidate.FieldPathString(viol.Proto.GetField())
+		if field == "" {
+			field = "record"
+		}
+		parts = append(parts, fmt.Sprintf("%s: %s [%s]", field, viol.Proto.GetMessage(), viol.Proto.GetRuleId()))
+	}
+	return &ValidationError{Violations: parts, cause: verr}
+}
+
+// ValidationError lists protovalidate violations in readable form.
+type ValidationError struct {
+	Violations []string
+	cause      error
+}
+
+func (e *ValidationError) Error() string { return strings.Join(e.Violations, "; ") }
+
+// Unwrap returns the *protovalidate.ValidationError.
+func (e *ValidationError) Unwrap() error { return e.cause }

@@ -1,0 +1,75 @@
+package groupcommit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestBatchesConcurrentSubmits(t *testing.T) {
+	var mu sync.Mutex
+	var flushed []int
+	var calls atomic.Int32
+	release := make(chan struct{})
+	c := New(func(_ context.Context, items []int) error {
+		if calls.Add(1) == 1 {
+			<-release // hold the first flush so the rest queue up behind it
+		}
+		mu.Lock()
+		flushed = append(flushed, items...)
+		mu.Unlock()
+		return nil
+	}, 1000, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+
+	const n = 200
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if err := c.Submit(context.Background(), i); err != nil {
+				t.Errorf("submit %d: %v", i, err)
+			}
+		})
+	}
+	// Wait until the first flush is blocked and everything else is queued.
+	for len(c.queue) < n-1 {
+		if calls.Load() == 0 {
+			continue
+		}
+	}
+	close(release)
+	wg.Wait()
+	cancel()
+	<-done
+
+	if len(flushed) != n {
+		t.Fatalf("flushed %d items, want %d", len(flushed), n)
+	}
+	if got := calls.Load(); got != 2 {
+		t.Fatalf("flush called %d times, want 2 (one held, one with the %d queued items)", got, n-1)
+	}
+}
+
+func TestSubmitReturnsFlushError(t *testing.T) {
+	boom := errors.New("boom")
+	c := New(func(context.Context, []string) error { return boom }, 10, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+	if err := c.Submit(context.Background(), "a", "b"); !errors.Is(err, boom) {
+		t.Fatalf("Submit error = %v, want %v", err, boom)
+	}
+	cancel()
+	<-done
+	if err := c.Submit(context.Background(), "late"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Submit after stop = %v, want ErrClosed", err)
+	}
+}

@@ -1,0 +1,141 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	envelopev1 "github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1"
+	"github.com/nomnomhq/nomnom/internal/envelope"
+	"github.com/nomnomhq/nomnom/internal/store"
+)
+
+// statusWriteTimeout bounds how long an answer waits for its status row. The
+// record is already safe on JetStream; if PostgreSQL is slow or down the
+// worker writes the row when it processes the message.
+const statusWriteTimeout = 5 * time.Second
+
+// pending is a record that passed the synchronous checks.
+type pending struct {
+	entity         envelope.Entity
+	payload        []byte
+	source         string
+	idempotencyKey string
+}
+
+// outcome is what happened to one pending record.
+type outcome struct {
+	MessageID  string
+	Entity     envelope.Entity
+	ReceivedAt time.Time
+	Duplicate  bool
+	Err        error
+}
+
+// accept publishes records to JetStream and records them as accepted. All
+// publishes are in flight at once (async publish), and all status rows go
+// to the group committer in one call, so a batch costs about one round trip
+// to each of JetStream and PostgreSQL. Each outcome is independent.
+func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
+	start := time.Now()
+	now := s.now().UTC()
+	outs := make([]outcome, len(recs))
+	envs := make([]*envelopev1.Envelope, len(recs))
+	futures := make([]jetstream.PubAckFuture, len(recs))
+	for i, r := range recs {
+		env, err := envelope.New(r.entity, r.payload, now, r.source, r.idempotencyKey)
+		if err != nil {
+			outs[i].Err = err
+			continue
+		}
+		data, err := envelope.Marshal(env)
+		if err != nil {
+			outs[i].Err = fmt.Errorf("encode envelope: %w", err)
+			continue
+		}
+		msgID := env.GetMessageId()
+		if r.idempotencyKey != "" {
+			msgID = "idem:" + r.idempotencyKey
+		}
+		f, err := s.js.PublishMsgAsync(
+			&nats.Msg{Subject: r.entity.IngestSubject(), Data: data},
+			jetstream.WithMsgID(msgID),
+			jetstream.WithExpectStream(s.opts.Stream),
+			jetstream.WithStallWait(5*time.Second),
+		)
+		if err != nil {
+			outs[i].Err = fmt.Errorf("publish to jetstream: %w", err)
+			continue
+		}
+		envs[i], futures[i] = env, f
+	}
+
+	writes := make([]store.StatusWrite, 0, len(recs))
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		env := envs[i]
+		select {
+		case ack := <-f.Ok():
+			if ack.Duplicate {
+				orig, err := s.original(ctx, ack.Stream, ack.Sequence)
+				if err != nil {
+					outs[i].Err = fmt.Errorf("idempotency key %q was used before, but its message cannot be read: %w", env.GetIdempotencyKey(), err)
+					continue
+				}
+				env = orig
+				outs[i].Duplicate = true
+			}
+			outs[i].MessageID = env.GetMessageId()
+			outs[i].Entity = recs[i].entity
+			outs[i].ReceivedAt = env.GetReceivedAt().AsTime()
+			writes = append(writes, acceptedWrite(env, recs[i].entity))
+		case err := <-f.Err():
+			outs[i].Err = fmt.Errorf("publish to jetstream: %w", err)
+		case <-ctx.Done():
+			outs[i].Err = fmt.Errorf("publish to jetstream: %w", ctx.Err())
+		}
+	}
+
+	wctx, cancel := context.WithTimeout(ctx, statusWriteTimeout)
+	defer cancel()
+	if err := s.statuses.Submit(wctx, writes...); err != nil {
+		s.metrics.statusWriteFailures.Add(float64(len(writes)))
+		s.log.WarnContext(ctx, "accepted status not written; the worker will write it when it processes the messages",
+			"error", err, "messages", len(writes))
+	}
+	for _, o := range outs {
+		s.metrics.observeAccept(o)
+	}
+	s.metrics.acceptSeconds.Observe(time.Since(start).Seconds())
+	return outs
+}
+
+// original reads the message an idempotency key first published.
+func (s *Service) original(ctx context.Context, stream string, seq uint64) (*envelopev1.Envelope, error) {
+	st, err := s.js.Stream(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := st.GetMsg(ctx, seq)
+	if err != nil {
+		return nil, err
+	}
+	return envelope.Unmarshal(raw.Data)
+}
+
+func acceptedWrite(env *envelopev1.Envelope, entity envelope.Entity) store.StatusWrite {
+	return store.StatusWrite{
+		MessageID:  uuid.MustParse(env.GetMessageId()),
+		Entity:     entity,
+		Status:     store.StatusAccepted,
+		ReceivedAt: env.GetReceivedAt().AsTime(),
+		Source:     env.GetSource(),
+		Generation: env.GetReplayCount(),
+	}
+}
