@@ -1,0 +1,190 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nomnomhq/nomnom/internal/natsx"
+	"github.com/nomnomhq/nomnom/internal/store"
+)
+
+// maxHeaderError bounds the error text put in a header; the full text is in
+// the status row.
+const maxHeaderError = 2048
+
+// deadLetter moves failures to the dead-letter stream. For each it publishes
+// the original envelope with error headers (deduplicated by message id and
+// replay generation, so a crash and retry cannot make two entries), then
+// records status 'dlq'. It reports per failure whether both happened; only
+// then may the caller acknowledge the original.
+func (w *Worker) deadLetter(ctx context.Context, fs []failure) []bool {
+	done := make([]bool, len(fs))
+	if len(fs) == 0 {
+		return done
+	}
+	now := w.now().UTC()
+	futures := make([]jetstream.PubAckFuture, len(fs))
+	for i, f := range fs {
+		msg := &nats.Msg{Subject: f.d.entity.DLQSubject(), Data: f.d.data, Header: nats.Header{}}
+		if f.d.entity == "" {
+			msg.Subject = "messages.dlq.unknown"
+		}
+		h := msg.Header
+		h.Set(natsx.HeaderError, headerSafe(f.err.Error()))
+		h.Set(natsx.HeaderErrorClass, f.class)
+		h.Set(natsx.HeaderAttempts, strconv.Itoa(int(f.d.attempt)))
+		h.Set(natsx.HeaderSubject, f.d.subject)
+		h.Set(natsx.HeaderSequence, strconv.FormatUint(f.d.seq, 10))
+		h.Set(natsx.HeaderFailedAt, now.Format(time.RFC3339Nano))
+		msgID := fmt.Sprintf("seq:%s:%d", w.topo.Stream, f.d.seq)
+		if f.d.env != nil {
+			h.Set(natsx.HeaderMessageID, f.d.id.String())
+			h.Set(natsx.HeaderReplayCount, strconv.Itoa(int(f.d.env.GetReplayCount())))
+			msgID = fmt.Sprintf("%s:%d", f.d.id, f.d.env.GetReplayCount())
+		}
+		fut, err := w.js.PublishMsgAsync(msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(w.topo.DLQStream()))
+		if err != nil {
+			w.log.Error("dead-letter publish failed", "message", describe(f), "error", err)
+			continue
+		}
+		futures[i] = fut
+	}
+
+	var writes []store.StatusWrite
+	var attempts []store.Attempt
+	var published []int
+	for i, fut := range futures {
+		if fut == nil {
+			continue
+		}
+		f := fs[i]
+		select {
+		case ack := <-fut.Ok():
+			if f.d.env == nil {
+				done[i] = true // no message id, so no status row to write
+				w.log.Error("dead-lettered an unreadable message", "stream_sequence", f.d.seq, "dlq_sequence", ack.Sequence, "error", f.err)
+				continue
+			}
+			st := f.d.statusWrite(store.StatusDLQ)
+			st.RetryCount, st.Error, st.ProcessedAt, st.DLQSequence = f.d.attempt, f.err.Error(), now, ack.Sequence
+			if f.class == ClassPermanent {
+				st.RetryCount = 0
+			}
+			writes = append(writes, st)
+			attempts = append(attempts, attemptOf(f, now))
+			published = append(published, i)
+		case err := <-fut.Err():
+			w.log.Error("dead-letter publish failed", "message", describe(f), "error", err)
+		case <-ctx.Done():
+			return done
+		}
+	}
+	if len(writes) == 0 {
+		return done
+	}
+	if err := w.store.RecordFailures(ctx, writes, attempts); err != nil {
+		w.log.Error("dead-lettered, but status 'dlq' not written; will retry", "error", err, "messages", len(writes))
+		return done
+	}
+	for _, i := range published {
+		f := fs[i]
+		done[i] = true
+		w.metrics.deadLettered.WithLabelValues(string(f.d.entity), f.class).Inc()
+		w.log.Warn("moved to dead-letter queue", "message_id", f.d.id, "entity_type", f.d.entity,
+			"error_class", f.class, "attempt", f.d.attempt, "error", f.err)
+	}
+	return done
+}
+
+func headerSafe(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > maxHeaderError {
+		s = s[:maxHeaderError] + "…"
+	}
+	return s
+}
+
+// maxDeliveriesAdvisory is the part of JetStream's
+// io.nats.jetstream.advisory.v1.max_deliver event nomnom needs.
+type maxDeliveriesAdvisory struct {
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries int32  `json:"deliveries"`
+}
+
+// consumePoison dead-letters messages JetStream gave up on: every delivery
+// ended without an ack or nak because the worker crashed or hung on it.
+// The advisories are kept in a stream, so none is missed while no worker runs.
+func (w *Worker) consumePoison(ctx context.Context, cons jetstream.Consumer) error {
+	stream, err := w.js.Stream(ctx, w.topo.Stream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", w.topo.Stream, err)
+	}
+	wait := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(10, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if !sleep(ctx, wait.next()) {
+				break
+			}
+			continue
+		}
+		wait.reset()
+		for m := range batch.Messages() {
+			if err := w.handleAdvisory(context.WithoutCancel(ctx), stream, m.Data()); err != nil {
+				w.log.Error("poison message not dead-lettered yet; will retry", "error", err)
+				_ = m.NakWithDelay(5 * time.Second)
+				continue
+			}
+			_ = m.Ack()
+		}
+	}
+	return nil
+}
+
+func (w *Worker) handleAdvisory(ctx context.Context, stream jetstream.Stream, data []byte) error {
+	var adv maxDeliveriesAdvisory
+	if err := json.Unmarshal(data, &adv); err != nil {
+		w.log.Error("ignoring unreadable advisory", "error", err)
+		return nil
+	}
+	raw, err := stream.GetMsg(ctx, adv.StreamSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		w.log.Error("poison message already gone from the stream (max age or bytes); it cannot be dead-lettered",
+			"stream_sequence", adv.StreamSeq)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read message %d: %w", adv.StreamSeq, err)
+	}
+	d := &delivery{data: raw.Data, subject: raw.Subject, seq: raw.Sequence, attempt: max(adv.Deliveries, 1)}
+	d.decodePayload()
+	if d.env != nil {
+		st, err := w.store.GetStatus(ctx, d.id)
+		switch {
+		case err == nil && st.Status.Terminal() && st.Generation == d.env.GetReplayCount():
+			return nil // settled on its last delivery; only the ack was lost
+		case err != nil && !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+	}
+	f := failure{d: d, class: ClassPoison, err: fmt.Errorf("no attempt finished in %d deliveries: the worker crashed or timed out processing this message", d.attempt)}
+	if !w.deadLetter(ctx, []failure{f})[0] {
+		return errors.New("dead-letter publish or status write failed")
+	}
+	return nil
+}

@@ -1,0 +1,265 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	envelopev1 "github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1"
+	"github.com/nomnomhq/nomnom/internal/envelope"
+	"github.com/nomnomhq/nomnom/internal/store"
+)
+
+// Error classes recorded with failed attempts and dead letters.
+const (
+	ClassPermanent = "permanent"
+	ClassTransient = "transient"
+	ClassPoison    = "poison"
+)
+
+// delivery is one fetched message and what was learned decoding it.
+type delivery struct {
+	msg     jetstream.Msg // nil for a message read back for a poison advisory
+	data    []byte
+	subject string
+	env     *envelopev1.Envelope // nil when the envelope is unreadable
+	id      uuid.UUID
+	entity  envelope.Entity
+	attempt int32 // JetStream delivery count, from 1
+	seq     uint64
+	record  envelope.Record
+	err     error // why the payload can never be stored
+}
+
+func (w *Worker) decode(m jetstream.Msg) *delivery {
+	d := &delivery{msg: m, data: m.Data(), subject: m.Subject(), attempt: 1}
+	if meta, err := m.Metadata(); err == nil {
+		d.attempt, d.seq = int32(meta.NumDelivered), meta.Sequence.Stream
+	}
+	d.decodePayload()
+	return d
+}
+
+func (d *delivery) decodePayload() {
+	env, err := envelope.Unmarshal(d.data)
+	if err != nil {
+		d.err = err
+		d.entity, _ = envelope.EntityFromSubject(d.subject)
+		return
+	}
+	d.env, d.id = env, uuid.MustParse(env.GetMessageId())
+	d.entity, _ = envelope.FromProto(env.GetEntityType())
+	d.record, d.err = envelope.Decode(d.entity, env.GetPayload())
+}
+
+func (d *delivery) statusWrite(status store.Status) store.StatusWrite {
+	return store.StatusWrite{
+		MessageID:  d.id,
+		Entity:     d.entity,
+		Status:     status,
+		ReceivedAt: d.env.GetReceivedAt().AsTime(),
+		RetryCount: max(d.attempt-1, 0),
+		Source:     d.env.GetSource(),
+		Generation: d.env.GetReplayCount(),
+		Attempt:    d.attempt,
+	}
+}
+
+func (d *delivery) item() store.Item {
+	return store.Item{
+		MessageID: d.id, Entity: d.entity, ReceivedAt: d.env.GetReceivedAt().AsTime(),
+		Source: d.env.GetSource(), Generation: d.env.GetReplayCount(), Attempt: d.attempt,
+		Record: d.record,
+	}
+}
+
+// failure is a delivery that could not be stored on this attempt.
+type failure struct {
+	d     *delivery
+	class string
+	err   error
+}
+
+// process stores one fetched batch. ctx is not cancelled by shutdown (the
+// batch is finished); stop is, and ends a pause for an unreachable database.
+func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
+	start := time.Now()
+	ds := make([]*delivery, len(msgs))
+	var good []*delivery
+	var failures []failure
+	for i, m := range msgs {
+		d := w.decode(m)
+		ds[i] = d
+		if d.env != nil && w.opts.BeforeStore != nil {
+			w.opts.BeforeStore(d.env)
+		}
+		if d.err != nil {
+			failures = append(failures, failure{d: d, class: ClassPermanent, err: d.err})
+			continue
+		}
+		good = append(good, d)
+	}
+
+	// 'processing' is visible while the batch is stored. Losing it is
+	// harmless, but not reaching PostgreSQL at all means: pause.
+	var processing []store.StatusWrite
+	for _, d := range ds {
+		if d.env != nil {
+			processing = append(processing, d.statusWrite(store.StatusProcessing))
+		}
+	}
+	if !w.untilAvailable(ctx, stop, msgs, func() error { return w.store.WriteStatuses(ctx, processing) }) {
+		return
+	}
+
+	if len(good) > 0 {
+		var superseded map[uuid.UUID]bool
+		var storeErr error
+		ok := w.untilAvailable(ctx, stop, msgs, func() error {
+			superseded, storeErr = w.store.StoreRecords(ctx, items(good))
+			return storeErr
+		})
+		if !ok {
+			return
+		}
+		if storeErr != nil {
+			// Something in the batch fails: store record by record so one
+			// bad record does not hold back its neighbours.
+			var stored []*delivery
+			stored, superseded, failures = w.isolate(ctx, good, failures)
+			good = stored
+		}
+		for _, d := range good {
+			if err := d.msg.Ack(); err != nil {
+				w.log.Warn("ack failed; the message will be redelivered and stored again idempotently", "message_id", d.id, "error", err)
+			}
+			w.metrics.stored(d, superseded[d.id], w.now())
+		}
+	}
+	w.fail(ctx, failures)
+	w.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+}
+
+func items(ds []*delivery) []store.Item {
+	out := make([]store.Item, len(ds))
+	for i, d := range ds {
+		out[i] = d.item()
+	}
+	return out
+}
+
+// isolate stores records one at a time after their batch failed, returning
+// the stored ones and adding the rest to failures.
+func (w *Worker) isolate(ctx context.Context, ds []*delivery, failures []failure) (stored []*delivery, superseded map[uuid.UUID]bool, _ []failure) {
+	superseded = map[uuid.UUID]bool{}
+	for _, d := range ds {
+		s, err := w.store.StoreRecords(ctx, []store.Item{d.item()})
+		if err != nil {
+			class := ClassTransient
+			if store.Classify(err) == store.Permanent {
+				class = ClassPermanent
+			}
+			failures = append(failures, failure{d: d, class: class, err: err})
+			continue
+		}
+		stored = append(stored, d)
+		for id := range s {
+			superseded[id] = true
+		}
+	}
+	return stored, superseded, failures
+}
+
+// untilAvailable runs op, and while PostgreSQL is unreachable keeps the
+// batch's messages alive (InProgress does not count as a delivery) and
+// retries with backoff. It returns false if the worker is stopping during
+// an outage; the messages are then handed back to JetStream.
+func (w *Worker) untilAvailable(ctx, stop context.Context, msgs []jetstream.Msg, op func() error) bool {
+	wait := newBackoff(100*time.Millisecond, min(5*time.Second, w.topo.AckWait/3))
+	for {
+		err := op()
+		if err == nil || store.Classify(err) != store.Unavailable {
+			return true
+		}
+		if wait.cur == 0 {
+			w.paused.Add(1)
+			defer w.paused.Add(-1)
+			w.log.Warn("postgres unavailable: pausing consumption, no attempts are spent", "error", err, "messages", len(msgs))
+		}
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+		if !sleep(stop, wait.next()) {
+			for _, m := range msgs {
+				_ = m.Nak()
+			}
+			return false
+		}
+	}
+}
+
+// fail settles failed deliveries: permanent ones and transient ones out of
+// attempts go to the dead-letter queue; the rest are retried with backoff.
+func (w *Worker) fail(ctx context.Context, failures []failure) {
+	if len(failures) == 0 {
+		return
+	}
+	var dead []failure
+	var writes []store.StatusWrite
+	var attempts []store.Attempt
+	var retry []failure
+	now := w.now()
+	for _, f := range failures {
+		if f.class == ClassPermanent || int(f.d.attempt) >= w.topo.MaxDeliver {
+			dead = append(dead, f)
+			continue
+		}
+		retry = append(retry, f)
+		st := f.d.statusWrite(store.StatusFailed)
+		st.RetryCount, st.Error = f.d.attempt, f.err.Error()
+		writes = append(writes, st)
+		attempts = append(attempts, attemptOf(f, now))
+	}
+	if len(retry) > 0 {
+		if err := w.store.RecordFailures(ctx, writes, attempts); err != nil {
+			w.log.Warn("could not record failed attempts", "error", err, "messages", len(retry))
+		}
+		for _, f := range retry {
+			delay := w.retryDelay(int(f.d.attempt))
+			w.log.Warn("store failed; will retry", "message_id", f.d.id, "entity_type", f.d.entity,
+				"attempt", f.d.attempt, "max_deliver", w.topo.MaxDeliver, "retry_in", delay, "error", f.err)
+			_ = f.d.msg.NakWithDelay(delay)
+			w.metrics.retries.WithLabelValues(string(f.d.entity)).Inc()
+		}
+	}
+	for i, ok := range w.deadLetter(ctx, dead) {
+		d := dead[i].d
+		if ok {
+			_ = d.msg.Ack()
+		} else {
+			// Try again later: the dead-letter publish is deduplicated, so a
+			// second try cannot make a second entry.
+			_ = d.msg.NakWithDelay(w.retryDelay(int(d.attempt)))
+		}
+	}
+}
+
+func attemptOf(f failure, at time.Time) store.Attempt {
+	return store.Attempt{
+		MessageID: f.d.id, Generation: f.d.env.GetReplayCount(), Attempt: f.d.attempt,
+		Error: f.err.Error(), ErrorClass: f.class, FailedAt: at,
+	}
+}
+
+var errNoEnvelope = errors.New("envelope unreadable")
+
+func describe(f failure) string {
+	if f.d.env == nil {
+		return fmt.Sprintf("%s (stream sequence %d)", errNoEnvelope, f.d.seq)
+	}
+	return f.d.id.String()
+}
