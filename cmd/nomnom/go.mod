@@ -11,6 +11,12 @@ require (
 	github.com/nomnomhq/nomnom/services/worker v0.0.0
 )
 
+require (
+	connectrpc.com/connect v1.21.1 // indirect
+	golang.org/x/sync v0.25.0 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
+
 replace (
 	github.com/nomnomhq/nomnom/services/ingest => ../../services/ingest
 	github.com/nomnomhq/nomnom/services/worker => ../../services/worker

@@ -8,6 +8,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 
+	"github.com/nomnomhq/nomnom/gen/go/nomnom/deadletter/v1/deadletterv1connect"
 	"github.com/nomnomhq/nomnom/gen/go/nomnom/ingest/v1/ingestv1connect"
 	"github.com/nomnomhq/nomnom/gen/go/nomnom/status/v1/statusv1connect"
 	"github.com/nomnomhq/nomnom/internal/obs"
@@ -19,6 +20,7 @@ import (
 var services = []string{
 	ingestv1connect.IngestServiceName,
 	statusv1connect.StatusServiceName,
+	deadletterv1connect.DeadLetterServiceName,
 }
 
 // Handler returns every route of the ingest port: the Connect services
@@ -30,6 +32,8 @@ func (s *Service) Handler() http.Handler {
 		connect.WithInterceptors(interceptor{s: s, access: accessIngest})))
 	mux.Handle(statusv1connect.NewStatusServiceHandler(s,
 		connect.WithInterceptors(interceptor{s: s, access: accessIngest, validate: true})))
+	mux.Handle(deadletterv1connect.NewDeadLetterServiceHandler(s,
+		connect.WithInterceptors(interceptor{s: s, access: accessAdmin, validate: true})))
 	mux.Handle(grpchealth.NewHandler(healthChecker{s}))
 	reflector := grpcreflect.NewStaticReflector(services...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
