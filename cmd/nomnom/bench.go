@@ -1,10 +1,359 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/nomnomhq/nomnom/gen/go/dbgen"
+	"github.com/nomnomhq/nomnom/internal/config"
+	"github.com/nomnomhq/nomnom/internal/devenv"
+	"github.com/nomnomhq/nomnom/internal/store"
+	"github.com/nomnomhq/nomnom/services/ingest/ingest"
+	"github.com/nomnomhq/nomnom/services/worker/worker"
 )
 
+// benchOptions are the knobs of `nomnom bench`.
+type benchOptions struct {
+	records     int
+	batch       int
+	clients     int
+	workerBatch int
+	readyCalls  int
+}
+
+// runBench measures, in one run on this machine: the raw JetStream publish
+// rate and the raw PostgreSQL multi-row upsert rate (the two ceilings), then
+// the whole pipeline (HTTP → JetStream → worker → PostgreSQL, with status
+// tracking and validation) and /ready latency. Results are printed with the
+// pipeline's throughput as a ratio of the slower ceiling.
 func runBench(ctx context.Context, args []string, e env) error {
-	return errors.New("bench: not built yet")
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var o benchOptions
+	fs.IntVar(&o.records, "records", 50000, "records per measurement")
+	fs.IntVar(&o.batch, "batch", 500, "records per NDJSON request, JetStream publish window and upsert statement")
+	fs.IntVar(&o.clients, "clients", 4, "concurrent HTTP clients")
+	fs.IntVar(&o.workerBatch, "worker-batch", 500, "WORKER_BATCH_SIZE for the pipeline run")
+	fs.IntVar(&o.readyCalls, "ready-calls", 5000, "sequential GET /ready calls for its latency")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	if e.getenv("NOMNOM_BENCH_DEBUG") != "" {
+		quiet = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	out := e.stdout
+
+	tmp, err := os.MkdirTemp("", "nomnom-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	natsSrv, err := devenv.StartNATS(ctx, tmp, quiet)
+	if err != nil {
+		return err
+	}
+	defer natsSrv.Shutdown()
+	dbName := fmt.Sprintf("nomnom_bench_%d", os.Getpid())
+	pg, err := devenv.EnsurePostgres(ctx, devenv.PostgresOptions{URL: e.getenv("DATABASE_URL"), DataDir: ".data/postgres", Database: dbName, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	defer pg.Stop()
+	if e.getenv("DATABASE_URL") == "" {
+		defer dropDatabase(pg.URL(), dbName)
+	}
+	fmt.Fprintf(out, "nomnom bench: %d records of ~%d bytes; %s; embedded JetStream\n\n", o.records, len(benchRecord(0)), pg.Where())
+
+	pubRate, err := benchPublish(ctx, natsSrv.URL(), o)
+	if err != nil {
+		return fmt.Errorf("jetstream baseline: %w", err)
+	}
+	upsertRate, err := benchUpsert(ctx, pg.URL(), o)
+	if err != nil {
+		return fmt.Errorf("postgres baseline: %w", err)
+	}
+	res, err := benchPipeline(ctx, pg.URL(), natsSrv.URL(), o, quiet)
+	if err != nil {
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	ceiling := min(pubRate, upsertRate)
+	tw := table(out)
+	fmt.Fprintln(tw, "measurement\tresult\tvs slower baseline")
+	fmt.Fprintf(tw, "JetStream async publish (baseline)\t%.0f records/s\t\n", pubRate)
+	fmt.Fprintf(tw, "PostgreSQL unnest upsert, %d/statement (baseline)\t%.0f records/s\t\n", o.batch, upsertRate)
+	fmt.Fprintf(tw, "pipeline end to end (accepted and stored)\t%.0f records/s\t%.2f×\n", res.throughput, res.throughput/ceiling)
+	fmt.Fprintf(tw, "pipeline ingest only (202 answered)\t%.0f records/s\t%.2f×\n", res.ingestRate, res.ingestRate/ceiling)
+	fmt.Fprintf(tw, "ingest call latency, %d records/call\tp50 %s, p99 %s\t\n", o.batch, res.callP50, res.callP99)
+	fmt.Fprintf(tw, "accepted → completed latency\tp50 %s, p99 %s\t\n", res.e2eP50, res.e2eP99)
+	fmt.Fprintf(tw, "GET /ready latency (%d calls)\tp50 %s, p99 %s\t\n", o.readyCalls, res.readyP50, res.readyP99)
+	return tw.Flush()
+}
+
+// benchRecord is a ~300-byte order, like the performance facts in DESIGN.md.
+func benchRecord(i int) []byte {
+	return fmt.Appendf(nil, `{"order_key":"B-%09d","customer_key":"C-%06d","order_status":"O","total_price":%d.25,"order_date":"2026-12-04","order_priority":"1-URGENT","clerk":"Clerk#000000951","ship_priority":0,"comment":"bench","line_items":[{"line_number":1,"part_key":"P-%06d","quantity":17,"extended_price":21168.23,"discount":0.04,"tax":0.02,"ship_date":"2026-12-10","ship_mode":"AIR"}]}`,
+		i, i%100000, 1000+i%5000, i%20000)
+}
+
+func benchPublish(ctx context.Context, url string, o benchOptions) (float64, error) {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCH", Subjects: []string{"bench.>"}, Storage: jetstream.FileStorage}); err != nil {
+		return 0, err
+	}
+	defer js.DeleteStream(context.WithoutCancel(ctx), "BENCH")
+	payload := benchRecord(0)
+	start := time.Now()
+	for i := 0; i < o.records; i += o.batch {
+		for j := i; j < min(i+o.batch, o.records); j++ {
+			if _, err := js.PublishAsync("bench.order", payload); err != nil {
+				return 0, err
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return float64(o.records) / time.Since(start).Seconds(), nil
+}
+
+func benchUpsert(ctx context.Context, url string, o benchOptions) (float64, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer pool.Close()
+	if err := store.Migrate(ctx, pool, nil); err != nil {
+		return 0, err
+	}
+	q := dbgen.New(pool)
+	now := pgtype.Timestamptz{Time: time.Now(), Valid: true}
+	start := time.Now()
+	for i := 0; i < o.records; i += o.batch {
+		var p dbgen.OrderUpsertManyParams
+		for j := i; j < min(i+o.batch, o.records); j++ {
+			p.OrderKeys = append(p.OrderKeys, fmt.Sprintf("U-%09d", j))
+			p.CustomerKeys = append(p.CustomerKeys, "C-1")
+			p.OrderStatuses = append(p.OrderStatuses, "O")
+			p.TotalPrices = append(p.TotalPrices, 100.25)
+			p.OrderDates = append(p.OrderDates, "2026-12-04")
+			p.OrderPriorities = append(p.OrderPriorities, "1-URGENT")
+			p.Clerks = append(p.Clerks, "Clerk#1")
+			p.ShipPriorities = append(p.ShipPriorities, 0)
+			p.Comments = append(p.Comments, "bench")
+			p.ReceivedAts = append(p.ReceivedAts, now)
+			p.MessageIds = append(p.MessageIds, uuid.New())
+		}
+		if _, err := q.OrderUpsertMany(ctx, p); err != nil {
+			return 0, err
+		}
+	}
+	rate := float64(o.records) / time.Since(start).Seconds()
+	_, err = pool.Exec(ctx, "TRUNCATE orders CASCADE")
+	return rate, err
+}
+
+type pipelineResult struct {
+	throughput, ingestRate           float64
+	callP50, callP99, e2eP50, e2eP99 time.Duration
+	readyP50, readyP99               time.Duration
+}
+
+func benchPipeline(ctx context.Context, dbURL, natsURL string, o benchOptions, logger *slog.Logger) (pipelineResult, error) {
+	var res pipelineResult
+	env := map[string]string{
+		"DATABASE_URL": dbURL, "NATS_URL": natsURL, "HTTP_ADDR": "127.0.0.1:0", "WORKER_HTTP_ADDR": "127.0.0.1:0",
+		"WORKER_BATCH_SIZE": fmt.Sprint(o.workerBatch), "INGEST_MAX_BATCH_BYTES": fmt.Sprint(64 << 20),
+	}
+	cfg, err := config.Load(func(k string) string { return env[k] })
+	if err != nil {
+		return res, err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	addr := make(chan string, 1)
+	var g errgroup.Group
+	g.Go(func() error { return ingest.Run(runCtx, cfg, logger, func(a string) { addr <- a }) })
+	g.Go(func() error { return worker.Run(runCtx, cfg, logger, nil) })
+	defer g.Wait()
+	var base string
+	select {
+	case a := <-addr:
+		base = "http://" + a
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		return res, err
+	}
+	defer pool.Close()
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.clients}}
+	bodies := make(chan []byte, o.clients)
+	go func() {
+		defer close(bodies)
+		for i := 0; i < o.records; i += o.batch {
+			var b bytes.Buffer
+			for j := i; j < min(i+o.batch, o.records); j++ {
+				b.Write(benchRecord(j))
+				b.WriteByte('\n')
+			}
+			select {
+			case bodies <- b.Bytes():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var mu sync.Mutex
+	var calls []time.Duration
+	var failed atomic.Int64
+	start := time.Now()
+	var senders errgroup.Group
+	for range o.clients {
+		senders.Go(func() error {
+			for body := range bodies {
+				t := time.Now()
+				resp, err := client.Post(base+"/ingest/batch", "application/x-ndjson", bytes.NewReader(body))
+				if err != nil {
+					return err
+				}
+				msg, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted || bytes.Contains(msg, []byte(`"status":"partial"`)) {
+					failed.Add(1)
+					return fmt.Errorf("ingest answered %d: %.300s", resp.StatusCode, msg)
+				}
+				mu.Lock()
+				calls = append(calls, time.Since(t))
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := senders.Wait(); err != nil {
+		return res, err
+	}
+	res.ingestRate = float64(o.records) / time.Since(start).Seconds()
+	for {
+		var done int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM message_status WHERE status = 'completed'").Scan(&done); err != nil {
+			return res, err
+		}
+		if done >= o.records {
+			break
+		}
+		if !sleepCtx(ctx, 20*time.Millisecond) {
+			return res, ctx.Err()
+		}
+	}
+	res.throughput = float64(o.records) / time.Since(start).Seconds()
+	res.callP50, res.callP99 = percentiles(calls)
+
+	var p50, p99 float64
+	if err := pool.QueryRow(ctx, `SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d)
+		FROM (SELECT extract(epoch FROM processed_at - received_at) AS d FROM message_status) s`).Scan(&p50, &p99); err != nil {
+		return res, err
+	}
+	res.e2eP50, res.e2eP99 = seconds(p50), seconds(p99)
+
+	ready := make([]time.Duration, 0, o.readyCalls)
+	for range o.readyCalls {
+		t := time.Now()
+		resp, err := client.Get(base + "/ready")
+		if err != nil {
+			return res, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return res, errors.New("/ready did not answer 200")
+		}
+		ready = append(ready, time.Since(t))
+	}
+	res.readyP50, res.readyP99 = percentiles(ready)
+	stop()
+	return res, g.Wait()
+}
+
+func percentiles(ds []time.Duration) (p50, p99 time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[min(len(ds)-1, len(ds)*99/100)]
+}
+
+func seconds(f float64) time.Duration {
+	return time.Duration(f * float64(time.Second)).Round(time.Microsecond)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func dropDatabase(url, name string) {
+	if !strings.HasPrefix(name, "nomnom_bench_") {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin := strings.Replace(url, "/"+name, "/postgres", 1)
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		return
+	}
+	defer conn.Close(ctx)
+	_, _ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
 }

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -104,6 +106,11 @@ func newestPerKey(items []Item, superseded map[uuid.UUID]bool) map[envelope.Enti
 		}
 		pos[k] = len(groups[it.Entity])
 		groups[it.Entity] = append(groups[it.Entity], it)
+	}
+	// Same key order in every batch: concurrent batches lock entity rows in
+	// one order and cannot deadlock.
+	for _, g := range groups {
+		slices.SortFunc(g, func(a, b Item) int { return strings.Compare(businessKey(a.Record), businessKey(b.Record)) })
 	}
 	return groups
 }

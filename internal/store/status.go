@@ -152,6 +152,7 @@ func writeStatuses(ctx context.Context, q *dbgen.Queries, writes []StatusWrite) 
 		latest[w.MessageID] = len(p.MessageIds)
 		appendStatus(&p, w)
 	}
+	sortStatuses(&p)
 	if err := q.MessageStatusUpsertMany(ctx, p); err != nil {
 		return fmt.Errorf("write %d statuses: %w", len(p.MessageIds), err)
 	}
@@ -395,4 +396,37 @@ func fromRow(r dbgen.MessageStatus) MessageStatus {
 
 func timestamptz(t time.Time) pgtype.Timestamptz {
 	return pgtype.Timestamptz{Time: t, Valid: !t.IsZero()}
+}
+
+// sortStatuses orders the rows of a status upsert by message id. Concurrent
+// upserts (ingest's group commits, each worker loop) then lock rows in the
+// same order and cannot deadlock one another.
+func sortStatuses(p *dbgen.MessageStatusUpsertManyParams) {
+	idx := make([]int, len(p.MessageIds))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return slices.Compare(p.MessageIds[a][:], p.MessageIds[b][:]) })
+	*p = dbgen.MessageStatusUpsertManyParams{
+		MessageIds:    permute(p.MessageIds, idx),
+		EntityTypes:   permute(p.EntityTypes, idx),
+		Statuses:      permute(p.Statuses, idx),
+		ReceivedAts:   permute(p.ReceivedAts, idx),
+		ProcessedAts:  permute(p.ProcessedAts, idx),
+		RetryCounts:   permute(p.RetryCounts, idx),
+		ErrorMessages: permute(p.ErrorMessages, idx),
+		Sources:       permute(p.Sources, idx),
+		Generations:   permute(p.Generations, idx),
+		Attempts:      permute(p.Attempts, idx),
+		Ranks:         permute(p.Ranks, idx),
+		DlqSequences:  permute(p.DlqSequences, idx),
+	}
+}
+
+func permute[T any](s []T, idx []int) []T {
+	out := make([]T, len(idx))
+	for i, j := range idx {
+		out[i] = s[j]
+	}
+	return out
 }

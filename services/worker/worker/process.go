@@ -104,17 +104,23 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 		good = append(good, d)
 	}
 
-	// 'processing' is visible while the batch is stored. Losing it is
-	// harmless, but not reaching PostgreSQL at all means: pause.
+	// 'processing' is visible while the batch is stored. It is written
+	// alongside the store transaction rather than before it: status writes
+	// are order-free, so whichever commits first, the row ends 'completed'.
 	var processing []store.StatusWrite
 	for _, d := range ds {
 		if d.env != nil {
 			processing = append(processing, d.statusWrite(store.StatusProcessing))
 		}
 	}
-	if !w.untilAvailable(ctx, stop, msgs, func() error { return w.store.WriteStatuses(ctx, processing) }) {
-		return
-	}
+	processed := make(chan struct{})
+	go func() {
+		defer close(processed)
+		if err := w.store.WriteStatuses(ctx, processing); err != nil {
+			w.log.Debug("status 'processing' not written", "error", err, "messages", len(processing))
+		}
+	}()
+	defer func() { <-processed }()
 
 	if len(good) > 0 {
 		var superseded map[uuid.UUID]bool
@@ -141,7 +147,9 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 		}
 	}
 	w.fail(ctx, failures)
-	w.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+	elapsed := time.Since(start)
+	w.metrics.batchSeconds.Observe(elapsed.Seconds())
+	w.log.Debug("batch done", "messages", len(msgs), "stored", len(good), "failed", len(failures), "duration", elapsed)
 }
 
 func items(ds []*delivery) []store.Item {
