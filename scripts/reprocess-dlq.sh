@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Replay dead letters: each entry is republished to the ingest stream with
+# replay_count+1, its status goes back to 'accepted', and the entry is
+# removed once JetStream acknowledged the republish. Entries past the replay
+# limit (DLQ_MAX_REPLAYS) are refused and stay in the queue.
+#
+# Usage: scripts/reprocess-dlq.sh [--dry-run] [--entity order|customer|product] [--class permanent|transient|poison] [MESSAGE_ID...]
+#   No ids: every entry matching the filters.
+#   NOMNOM_URL, NOMNOM_TOKEN: as for scripts/inspect-dlq.sh.
+set -euo pipefail
+
+url=${NOMNOM_URL:-http://localhost:8080}
+auth=()
+[ -n "${NOMNOM_TOKEN:-}" ] && auth=(-H "Authorization: Bearer ${NOMNOM_TOKEN}")
+dry=false entity="" class="" ids=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) dry=true ;;
+    --entity) entity=$2; shift ;;
+    --class) class=$2; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) ids+=("$1") ;;
+  esac
+  shift
+done
+
+if [ ${#ids[@]} -gt 0 ]; then
+  body=$(jq -cn --argjson dry "$dry" '{message_ids: $ARGS.positional, dry_run: $dry}' --args "${ids[@]}")
+else
+  filter=$(jq -cn --arg e "$entity" --arg c "$class" '{}
+    + (if $e != "" then {entity_type: ("ENTITY_TYPE_" + ($e|ascii_upcase))} else {} end)
+    + (if $c != "" then {error_class: ("ERROR_CLASS_" + ($c|ascii_upcase))} else {} end)')
+  body=$(jq -cn --argjson dry "$dry" --argjson f "$filter" '{filter: $f, dry_run: $dry}')
+fi
+
+resp=$(curl -fsS -X POST "${url}/nomnom.deadletter.v1.DeadLetterService/ReplayDeadLetters" \
+  -H 'Content-Type: application/json' "${auth[@]}" -d "$body")
+echo "$resp" | jq -r '.dryRun as $dry | .outcomes[]? | [.messageId, (if .replayed then (if $dry then "would replay" else "replayed" end) else "refused: " + .error end)] | @tsv'
+echo "$resp" | jq -r '"\(.replayed // 0) replayed, \(.failed // 0) refused" + (if .dryRun then " (dry run)" else "" end)'
