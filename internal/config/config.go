@@ -48,6 +48,7 @@ type Config struct {
 	WorkerAckWait     time.Duration `env:"WORKER_ACK_WAIT" envDefault:"30s"`
 	WorkerRetryBase   time.Duration `env:"WORKER_RETRY_BASE_DELAY" envDefault:"1s"`
 	WorkerRetryMax    time.Duration `env:"WORKER_RETRY_MAX_DELAY" envDefault:"1m"`
+	WorkerStmtTimeout time.Duration `env:"WORKER_STATEMENT_TIMEOUT" envDefault:"10s"`
 	DLQMaxReplays     int           `env:"DLQ_MAX_REPLAYS" envDefault:"5"`
 	DatabaseMaxConns  int           `env:"DATABASE_MAX_CONNS" envDefault:"8"`
 }
@@ -171,6 +172,7 @@ func (c *Config) validate() error {
 	check(c.NATSDuplicates >= time.Second, "NATS_DUPLICATE_WINDOW", c.NATSDuplicates, "a duration of at least 1s")
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT", c.ShutdownTimeout, "a positive duration")
 	check(c.WorkerAckWait >= time.Second, "WORKER_ACK_WAIT", c.WorkerAckWait, "a duration of at least 1s")
+	check(c.WorkerStmtTimeout >= 10*time.Millisecond && c.WorkerStmtTimeout < c.WorkerAckWait, "WORKER_STATEMENT_TIMEOUT", c.WorkerStmtTimeout, "a duration of at least 10ms and shorter than WORKER_ACK_WAIT")
 	check(c.WorkerRetryBase > 0, "WORKER_RETRY_BASE_DELAY", c.WorkerRetryBase, "a positive duration")
 	check(c.WorkerRetryMax >= c.WorkerRetryBase, "WORKER_RETRY_MAX_DELAY", c.WorkerRetryMax, "a duration no shorter than WORKER_RETRY_BASE_DELAY")
 	check(validAddr(c.HTTPAddr), "HTTP_ADDR", c.HTTPAddr, "host:port, such as :8080")
@@ -266,7 +268,17 @@ func (c Config) LogValue() slog.Value {
 
 // RedactURL hides the password of a URL (and of key=value DSNs).
 func RedactURL(raw string) string {
+	// NATS_URL may list several servers, each with its own credentials.
+	if parts := strings.Split(raw, ","); len(parts) > 1 && strings.Count(raw, "://") == len(parts) {
+		for i, p := range parts {
+			parts[i] = RedactURL(p)
+		}
+		return strings.Join(parts, ",")
+	}
 	u, err := url.Parse(raw)
+	if err != nil && strings.Contains(raw, "://") {
+		return redactUnparsed(raw)
+	}
 	if err != nil || u.Scheme == "" {
 		fields := strings.Fields(raw)
 		for i, f := range fields {
@@ -286,4 +298,22 @@ func RedactURL(raw string) string {
 		}
 	}
 	return u.String()
+}
+
+// redactUnparsed hides the user information of a URL that url.Parse
+// rejects (a bad port, say), which would otherwise be echoed whole.
+func redactUnparsed(raw string) string {
+	start := strings.Index(raw, "://") + len("://")
+	at := strings.LastIndex(raw, "@")
+	if at < start {
+		return raw
+	}
+	user, _, hasPassword := strings.Cut(raw[start:at], ":")
+	switch {
+	case hasPassword:
+		user += ":xxxxx"
+	case !strings.HasPrefix(raw, "postgres"):
+		user = "xxxxx"
+	}
+	return raw[:start] + user + raw[at:]
 }

@@ -22,7 +22,7 @@ import (
 func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onListen func(addr string)) error {
 	logger.Info(fmt.Sprintf("Worker config: batch_size=%d, max_deliver=%d, poll_interval=%dms",
 		cfg.WorkerBatchSize, cfg.WorkerMaxDeliver, cfg.WorkerPollMS),
-		"concurrency", cfg.WorkerConcurrency, "ack_wait", cfg.WorkerAckWait,
+		"concurrency", cfg.WorkerConcurrency, "ack_wait", cfg.WorkerAckWait, "statement_timeout", cfg.WorkerStmtTimeout,
 		"retry_base_delay", cfg.WorkerRetryBase, "retry_max_delay", cfg.WorkerRetryMax)
 	deps, err := bootstrap.Open(ctx, cfg, "nomnom-worker", logger)
 	if err != nil {
@@ -31,7 +31,7 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onListen f
 	defer deps.Close()
 	w, err := New(Options{
 		JetStream:    deps.JS,
-		Store:        store.New(deps.Pool),
+		Store:        store.New(deps.Pool, store.WithStatementTimeout(cfg.WorkerStmtTimeout)),
 		Logger:       logger,
 		Topology:     deps.Topology,
 		BatchSize:    cfg.WorkerBatchSize,
