@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -36,7 +35,9 @@ func (c Class) String() string {
 	}
 }
 
-// Classify maps an error from this package to a Class.
+// Classify maps an error from this package to a Class. An error without a
+// SQLSTATE is taken as the database being unreachable; callers confirm that
+// with Ping before pausing for it.
 func Classify(err error) Class {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -51,14 +52,10 @@ func Classify(err error) Class {
 			return Transient
 		}
 	}
-	var connectErr *pgconn.ConnectError
-	var netErr net.Error
-	switch {
-	case errors.As(err, &connectErr), errors.As(err, &netErr), pgconn.SafeToRetry(err),
-		errors.Is(err, net.ErrClosed):
-		return Unavailable
-	case errors.Is(err, context.DeadlineExceeded):
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return Transient
 	}
-	return Transient
+	// No SQLSTATE: the statement never got an answer from the server (dial
+	// failed, connection reset or closed mid-statement).
+	return Unavailable
 }

@@ -136,7 +136,10 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 			// Something in the batch fails: store record by record so one
 			// bad record does not hold back its neighbours.
 			var stored []*delivery
-			stored, superseded, failures = w.isolate(ctx, good, failures)
+			stored, superseded, failures, ok = w.isolate(ctx, stop, msgs, good, failures)
+			if !ok {
+				return
+			}
 			good = stored
 		}
 		for _, d := range good {
@@ -161,11 +164,19 @@ func items(ds []*delivery) []store.Item {
 }
 
 // isolate stores records one at a time after their batch failed, returning
-// the stored ones and adding the rest to failures.
-func (w *Worker) isolate(ctx context.Context, ds []*delivery, failures []failure) (stored []*delivery, superseded map[uuid.UUID]bool, _ []failure) {
+// the stored ones and adding the rest to failures. It reports false if the
+// worker stopped during a database outage (the messages were handed back).
+func (w *Worker) isolate(ctx, stop context.Context, msgs []jetstream.Msg, ds []*delivery, failures []failure) (stored []*delivery, superseded map[uuid.UUID]bool, _ []failure, ok bool) {
 	superseded = map[uuid.UUID]bool{}
 	for _, d := range ds {
-		s, err := w.store.StoreRecords(ctx, []store.Item{d.item()})
+		var s map[uuid.UUID]bool
+		var err error
+		if !w.untilAvailable(ctx, stop, msgs, func() error {
+			s, err = w.store.StoreRecords(ctx, []store.Item{d.item()})
+			return err
+		}) {
+			return nil, nil, nil, false
+		}
 		if err != nil {
 			class := ClassTransient
 			if store.Classify(err) == store.Permanent {
@@ -179,20 +190,32 @@ func (w *Worker) isolate(ctx context.Context, ds []*delivery, failures []failure
 			superseded[id] = true
 		}
 	}
-	return stored, superseded, failures
+	return stored, superseded, failures, true
 }
 
 // untilAvailable runs op, and while PostgreSQL is unreachable keeps the
 // batch's messages alive (InProgress does not count as a delivery) and
-// retries with backoff. It returns false if the worker is stopping during
-// an outage; the messages are then handed back to JetStream.
+// retries with backoff. It returns op's last error for the caller's failure
+// handling once the database answers, and false if the worker is stopping
+// during an outage (the messages are then handed back to JetStream).
 func (w *Worker) untilAvailable(ctx, stop context.Context, msgs []jetstream.Msg, op func() error) bool {
 	wait := newBackoff(100*time.Millisecond, min(5*time.Second, w.topo.AckWait/3))
+	retriedReachable := false
 	for {
 		err := op()
 		if err == nil || store.Classify(err) != store.Unavailable {
 			return true
 		}
+		if w.store.Ping(ctx) == nil {
+			// Reachable: one more try, in case the connection dropped just
+			// then; failing again is not an outage but this op's failure.
+			if retriedReachable {
+				return true
+			}
+			retriedReachable = true
+			continue
+		}
+		retriedReachable = false
 		if wait.cur == 0 {
 			w.paused.Add(1)
 			defer w.paused.Add(-1)

@@ -92,6 +92,9 @@ func (w *Worker) Ready() *atomic.Bool { return &w.ready }
 func (w *Worker) Run(ctx context.Context) error {
 	work, poison, err := natsx.EnsureConsumers(ctx, w.js, w.topo)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before consuming anything
+		}
 		return err
 	}
 	g, gctx := errgroup.WithContext(ctx)
@@ -135,9 +138,31 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer, id int) e
 		}
 		// A started batch is finished even during shutdown: its messages
 		// are either acknowledged or handed back, never left to time out.
-		w.process(context.WithoutCancel(ctx), ctx, msgs)
+		for _, group := range isolateRedelivered(msgs) {
+			w.process(context.WithoutCancel(ctx), ctx, group)
+		}
 	}
 	return nil
+}
+
+// isolateRedelivered keeps first deliveries together and gives every
+// redelivered message a batch of its own. A message that crashed the worker
+// took its whole batch down with it; alone, its neighbours are stored on
+// their next delivery and only the culprit runs out of attempts.
+func isolateRedelivered(msgs []jetstream.Msg) [][]jetstream.Msg {
+	var first []jetstream.Msg
+	var groups [][]jetstream.Msg
+	for _, m := range msgs {
+		if meta, err := m.Metadata(); err == nil && meta.NumDelivered > 1 {
+			groups = append(groups, []jetstream.Msg{m})
+			continue
+		}
+		first = append(first, m)
+	}
+	if len(first) > 0 {
+		groups = append(groups, first)
+	}
+	return groups
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.
