@@ -10,7 +10,7 @@ BUF      := node_modules/.bin/buf
 GO_PKGS   = $$(go list -m -f '{{.Dir}}/...')
 GENERATORS := bin/protoc-gen-go bin/protoc-gen-connect-go bin/sqlc
 
-.PHONY: help run test generate check-generated lint vet build tools bench ts-test
+.PHONY: help run test generate breaking check-generated vet build tools bench ts-test
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,8 +35,19 @@ tools: $(GENERATORS) node_modules/.installed ## build the pinned code generators
 generate: tools ## regenerate everything under gen/
 	go run ./internal/gen/validateproto third_party/protovalidate
 	$(BUF) lint
+	$(MAKE) -s breaking
 	$(BUF) generate
 	sqlc generate
+
+breaking: ## fail on a contract change that is not additive, compared with main
+	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+		tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+		git archive main buf.yaml proto | tar -x -C "$$tmp"; \
+		cp -r third_party "$$tmp/"; \
+		(cd "$$tmp" && "$(CURDIR)/$(BUF)" build -o image.binpb); \
+		$(BUF) build -o "$$tmp/current.binpb"; \
+		$(BUF) breaking "$$tmp/current.binpb" --against "$$tmp/image.binpb"; \
+	fi
 
 check-generated: generate ## fail if gen/ differs from what is committed
 	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
