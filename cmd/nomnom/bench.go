@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,11 +36,12 @@ import (
 
 // benchOptions are the knobs of `nomnom bench`.
 type benchOptions struct {
-	records     int
-	batch       int
-	clients     int
-	workerBatch int
-	readyCalls  int
+	records           int
+	batch             int
+	clients           int
+	workerBatch       int
+	workerConcurrency int
+	readyCalls        int
 }
 
 // runBench measures, in one run on this machine: the raw JetStream publish
@@ -55,6 +57,7 @@ func runBench(ctx context.Context, args []string, e env) error {
 	fs.IntVar(&o.batch, "batch", 500, "records per NDJSON request, JetStream publish window and upsert statement")
 	fs.IntVar(&o.clients, "clients", 4, "concurrent HTTP clients")
 	fs.IntVar(&o.workerBatch, "worker-batch", 500, "WORKER_BATCH_SIZE for the pipeline run")
+	fs.IntVar(&o.workerConcurrency, "worker-concurrency", 2, "WORKER_CONCURRENCY for the pipeline run")
 	fs.IntVar(&o.readyCalls, "ready-calls", 5000, "sequential GET /ready calls for its latency")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
@@ -117,8 +120,10 @@ func runBench(ctx context.Context, args []string, e env) error {
 	fmt.Fprintf(tw, "PostgreSQL unnest upsert, %d/statement (baseline)\t%.0f records/s\t\n", o.batch, upsertRate)
 	fmt.Fprintf(tw, "pipeline end to end (accepted and stored)\t%.0f records/s\t%.2f×\n", res.throughput, res.throughput/ceiling)
 	fmt.Fprintf(tw, "pipeline ingest only (202 answered)\t%.0f records/s\t%.2f×\n", res.ingestRate, res.ingestRate/ceiling)
-	fmt.Fprintf(tw, "ingest call latency, %d records/call\tp50 %s, p99 %s\t\n", o.batch, res.callP50, res.callP99)
-	fmt.Fprintf(tw, "accepted → completed latency\tp50 %s, p99 %s\t\n", res.e2eP50, res.e2eP99)
+	fmt.Fprintf(tw, "loaded: ingest call latency, %d records/call\tp50 %s, p99 %s\t\n", o.batch, res.callP50, res.callP99)
+	fmt.Fprintf(tw, "loaded: accepted → completed latency\tp50 %s, p99 %s\t\n", res.e2eP50, res.e2eP99)
+	fmt.Fprintf(tw, "light load: POST /ingest/message, one at a time\tp50 %s, p99 %s\t\n", res.singleP50, res.singleP99)
+	fmt.Fprintf(tw, "light load: accepted → completed\tp50 %s, p99 %s\t\n", res.singleE2EP50, res.singleE2EP99)
 	fmt.Fprintf(tw, "GET /ready latency (%d calls)\tp50 %s, p99 %s\t\n", o.readyCalls, res.readyP50, res.readyP99)
 	return tw.Flush()
 }
@@ -185,7 +190,7 @@ func benchUpsert(ctx context.Context, url string, o benchOptions) (float64, erro
 			p.ShipPriorities = append(p.ShipPriorities, 0)
 			p.Comments = append(p.Comments, "bench")
 			p.ReceivedAts = append(p.ReceivedAts, now)
-			p.MessageIds = append(p.MessageIds, uuid.New())
+			p.MessageIds = append(p.MessageIds, pgtype.UUID{Bytes: uuid.New(), Valid: true})
 		}
 		if _, err := q.OrderUpsertMany(ctx, p); err != nil {
 			return 0, err
@@ -200,13 +205,16 @@ type pipelineResult struct {
 	throughput, ingestRate           float64
 	callP50, callP99, e2eP50, e2eP99 time.Duration
 	readyP50, readyP99               time.Duration
+	singleP50, singleP99             time.Duration
+	singleE2EP50, singleE2EP99       time.Duration
 }
 
 func benchPipeline(ctx context.Context, dbURL, natsURL string, o benchOptions, logger *slog.Logger) (pipelineResult, error) {
 	var res pipelineResult
 	env := map[string]string{
 		"DATABASE_URL": dbURL, "NATS_URL": natsURL, "HTTP_ADDR": "127.0.0.1:0", "WORKER_HTTP_ADDR": "127.0.0.1:0",
-		"WORKER_BATCH_SIZE": fmt.Sprint(o.workerBatch), "INGEST_MAX_BATCH_BYTES": fmt.Sprint(64 << 20),
+		"WORKER_BATCH_SIZE": fmt.Sprint(o.workerBatch), "WORKER_CONCURRENCY": fmt.Sprint(o.workerConcurrency),
+		"INGEST_MAX_BATCH_BYTES": fmt.Sprint(64 << 20),
 	}
 	cfg, err := config.Load(func(k string) string { return env[k] })
 	if err != nil {
@@ -300,6 +308,46 @@ func benchPipeline(ctx context.Context, dbURL, natsURL string, o benchOptions, l
 		return res, err
 	}
 	res.e2eP50, res.e2eP99 = seconds(p50), seconds(p99)
+
+	// Light load: one record at a time, each waited for, for the latency a
+	// single producer sees.
+	var single []time.Duration
+	var singleIDs []string
+	for i := range 200 {
+		t := time.Now()
+		resp, err := client.Post(base+"/ingest/message", "application/json", bytes.NewReader(benchRecord(o.records+i)))
+		if err != nil {
+			return res, err
+		}
+		var body struct {
+			MessageID string `json:"message_id"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusAccepted {
+			return res, fmt.Errorf("single ingest answered %d: %v", resp.StatusCode, err)
+		}
+		single = append(single, time.Since(t))
+		singleIDs = append(singleIDs, body.MessageID)
+	}
+	for {
+		var done int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM message_status WHERE status = 'completed' AND message_id = ANY($1::uuid[])", singleIDs).Scan(&done); err != nil {
+			return res, err
+		}
+		if done == len(singleIDs) {
+			break
+		}
+		if !sleepCtx(ctx, 20*time.Millisecond) {
+			return res, ctx.Err()
+		}
+	}
+	res.singleP50, res.singleP99 = percentiles(single)
+	if err := pool.QueryRow(ctx, `SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d)
+		FROM (SELECT extract(epoch FROM processed_at - received_at) AS d FROM message_status WHERE message_id = ANY($1::uuid[])) s`, singleIDs).Scan(&p50, &p99); err != nil {
+		return res, err
+	}
+	res.singleE2EP50, res.singleE2EP99 = seconds(p50), seconds(p99)
 
 	ready := make([]time.Duration, 0, o.readyCalls)
 	for range o.readyCalls {

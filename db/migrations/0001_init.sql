@@ -22,7 +22,7 @@ CREATE TABLE message_status (
     dlq_sequence  BIGINT,
     created_at    TIMESTAMPTZ  NOT NULL DEFAULT now(),
     updated_at    TIMESTAMPTZ  NOT NULL DEFAULT now()
-) WITH (fillfactor = 70);
+) WITH (fillfactor = 40);
 
 -- Each message's row is updated three or more times. Leaving room on the
 -- page (fillfactor) and indexing no column that changes lets PostgreSQL do

@@ -1,6 +1,7 @@
 -- name: OrderUpsertMany :many
--- Writes orders, newest record wins; returns the keys it wrote so the
--- caller replaces only their line items. Keys must be unique in one call.
+-- Writes orders, newest record wins; returns the keys it wrote, and whether
+-- each was new (xmax = 0 on a freshly inserted row), so the caller replaces
+-- line items only where there were some. Keys must be unique in one call.
 INSERT INTO orders AS t (
     order_key, customer_key, order_status, total_price, order_date, order_priority,
     clerk, ship_priority, comment, received_at, message_id
@@ -34,7 +35,7 @@ ON CONFLICT (order_key) DO UPDATE SET
     message_id     = excluded.message_id,
     updated_at     = now()
 WHERE (excluded.received_at, excluded.message_id) >= (t.received_at, t.message_id)
-RETURNING order_key;
+RETURNING order_key, (xmax = 0)::boolean AS inserted;
 
 -- name: OrderGetByKey :one
 SELECT * FROM orders WHERE order_key = $1;

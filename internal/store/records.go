@@ -159,19 +159,29 @@ func upsertOrders(ctx context.Context, q *dbgen.Queries, items []Item, supersede
 		p.ShipPriorities = append(p.ShipPriorities, o.GetShipPriority())
 		p.Comments = append(p.Comments, o.GetComment())
 		p.ReceivedAts = append(p.ReceivedAts, timestamptz(it.ReceivedAt))
-		p.MessageIds = append(p.MessageIds, it.MessageID)
+		p.MessageIds = append(p.MessageIds, pgUUID(it.MessageID))
 	}
-	written, err := q.OrderUpsertMany(ctx, p)
+	rows, err := q.OrderUpsertMany(ctx, p)
 	if err != nil {
 		return fmt.Errorf("upsert %d orders: %w", len(items), err)
+	}
+	written := make([]string, len(rows))
+	var replaced []string
+	for i, r := range rows {
+		written[i] = r.OrderKey
+		if !r.Inserted {
+			replaced = append(replaced, r.OrderKey)
+		}
 	}
 	ok := markStale(items, written, superseded)
 	if len(written) == 0 {
 		return nil
 	}
-	// A re-sent order replaces its line items.
-	if err := q.OrderLineItemDeleteByOrders(ctx, written); err != nil {
-		return fmt.Errorf("delete line items of %d orders: %w", len(written), err)
+	// A re-sent order replaces its line items; a new one has none to delete.
+	if len(replaced) > 0 {
+		if err := q.OrderLineItemDeleteByOrders(ctx, replaced); err != nil {
+			return fmt.Errorf("delete line items of %d orders: %w", len(replaced), err)
+		}
 	}
 	var l dbgen.OrderLineItemInsertManyParams
 	for _, it := range items {
@@ -223,7 +233,7 @@ func upsertCustomers(ctx context.Context, q *dbgen.Queries, items []Item, supers
 		p.MarketSegments = append(p.MarketSegments, c.GetMarketSegment())
 		p.Comments = append(p.Comments, c.GetComment())
 		p.ReceivedAts = append(p.ReceivedAts, timestamptz(it.ReceivedAt))
-		p.MessageIds = append(p.MessageIds, it.MessageID)
+		p.MessageIds = append(p.MessageIds, pgUUID(it.MessageID))
 	}
 	written, err := q.CustomerUpsertMany(ctx, p)
 	if err != nil {
@@ -250,7 +260,7 @@ func upsertProducts(ctx context.Context, q *dbgen.Queries, items []Item, superse
 		p.RetailPrices = append(p.RetailPrices, r.GetRetailPrice())
 		p.Comments = append(p.Comments, r.GetComment())
 		p.ReceivedAts = append(p.ReceivedAts, timestamptz(it.ReceivedAt))
-		p.MessageIds = append(p.MessageIds, it.MessageID)
+		p.MessageIds = append(p.MessageIds, pgUUID(it.MessageID))
 	}
 	written, err := q.ProductUpsertMany(ctx, p)
 	if err != nil {

@@ -8,7 +8,6 @@ package dbgen
 import (
 	"context"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -82,7 +81,7 @@ type CustomerUpsertManyParams struct {
 	MarketSegments  []string
 	Comments        []string
 	ReceivedAts     []pgtype.Timestamptz
-	MessageIds      []uuid.UUID
+	MessageIds      []pgtype.UUID
 }
 
 // Writes customers, newest record wins; returns the keys it wrote.

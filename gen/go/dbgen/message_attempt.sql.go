@@ -8,7 +8,6 @@ package dbgen
 import (
 	"context"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -25,7 +24,7 @@ ON CONFLICT DO NOTHING
 `
 
 type MessageAttemptInsertManyParams struct {
-	MessageIds   []uuid.UUID
+	MessageIds   []pgtype.UUID
 	Generations  []int32
 	Attempts     []int32
 	Errors       []string
@@ -51,7 +50,7 @@ WHERE message_id = ANY($1::uuid[])
 ORDER BY message_id, generation, attempt
 `
 
-func (q *Queries) MessageAttemptListByMessage(ctx context.Context, messageIds []uuid.UUID) ([]MessageAttempt, error) {
+func (q *Queries) MessageAttemptListByMessage(ctx context.Context, messageIds []pgtype.UUID) ([]MessageAttempt, error) {
 	rows, err := q.db.Query(ctx, messageAttemptListByMessage, messageIds)
 	if err != nil {
 		return nil, err

@@ -8,7 +8,6 @@ package dbgen
 import (
 	"context"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -49,7 +48,7 @@ const messageStatusGetByID = `-- name: MessageStatusGetByID :one
 SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at FROM message_status WHERE message_id = $1
 `
 
-func (q *Queries) MessageStatusGetByID(ctx context.Context, messageID uuid.UUID) (MessageStatus, error) {
+func (q *Queries) MessageStatusGetByID(ctx context.Context, messageID pgtype.UUID) (MessageStatus, error) {
 	row := q.db.QueryRow(ctx, messageStatusGetByID, messageID)
 	var i MessageStatus
 	err := row.Scan(
@@ -75,7 +74,7 @@ const messageStatusGetMany = `-- name: MessageStatusGetMany :many
 SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at FROM message_status WHERE message_id = ANY($1::uuid[])
 `
 
-func (q *Queries) MessageStatusGetMany(ctx context.Context, messageIds []uuid.UUID) ([]MessageStatus, error) {
+func (q *Queries) MessageStatusGetMany(ctx context.Context, messageIds []pgtype.UUID) ([]MessageStatus, error) {
 	rows, err := q.db.Query(ctx, messageStatusGetMany, messageIds)
 	if err != nil {
 		return nil, err
@@ -216,7 +215,7 @@ WHERE (excluded.generation, excluded.attempt, excluded.rank) > (t.generation, t.
 `
 
 type MessageStatusUpsertManyParams struct {
-	MessageIds    []uuid.UUID
+	MessageIds    []pgtype.UUID
 	EntityTypes   []string
 	Statuses      []string
 	ReceivedAts   []pgtype.Timestamptz

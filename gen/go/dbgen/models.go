@@ -5,7 +5,6 @@
 package dbgen
 
 import (
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -20,13 +19,13 @@ type Customer struct {
 	MarketSegment  pgtype.Text
 	Comment        pgtype.Text
 	ReceivedAt     pgtype.Timestamptz
-	MessageID      uuid.UUID
+	MessageID      pgtype.UUID
 	CreatedAt      pgtype.Timestamptz
 	UpdatedAt      pgtype.Timestamptz
 }
 
 type MessageAttempt struct {
-	MessageID  uuid.UUID
+	MessageID  pgtype.UUID
 	Generation int32
 	Attempt    int32
 	Error      string
@@ -35,7 +34,7 @@ type MessageAttempt struct {
 }
 
 type MessageStatus struct {
-	MessageID    uuid.UUID
+	MessageID    pgtype.UUID
 	EntityType   string
 	Status       string
 	ReceivedAt   pgtype.Timestamptz
@@ -63,7 +62,7 @@ type Order struct {
 	ShipPriority  int32
 	Comment       pgtype.Text
 	ReceivedAt    pgtype.Timestamptz
-	MessageID     uuid.UUID
+	MessageID     pgtype.UUID
 	CreatedAt     pgtype.Timestamptz
 	UpdatedAt     pgtype.Timestamptz
 }
@@ -100,7 +99,7 @@ type Product struct {
 	RetailPrice pgtype.Numeric
 	Comment     pgtype.Text
 	ReceivedAt  pgtype.Timestamptz
-	MessageID   uuid.UUID
+	MessageID   pgtype.UUID
 	CreatedAt   pgtype.Timestamptz
 	UpdatedAt   pgtype.Timestamptz
 }

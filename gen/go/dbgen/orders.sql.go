@@ -8,7 +8,6 @@ package dbgen
 import (
 	"context"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -72,7 +71,7 @@ ON CONFLICT (order_key) DO UPDATE SET
     message_id     = excluded.message_id,
     updated_at     = now()
 WHERE (excluded.received_at, excluded.message_id) >= (t.received_at, t.message_id)
-RETURNING order_key
+RETURNING order_key, (xmax = 0)::boolean AS inserted
 `
 
 type OrderUpsertManyParams struct {
@@ -86,12 +85,18 @@ type OrderUpsertManyParams struct {
 	ShipPriorities  []int32
 	Comments        []string
 	ReceivedAts     []pgtype.Timestamptz
-	MessageIds      []uuid.UUID
+	MessageIds      []pgtype.UUID
 }
 
-// Writes orders, newest record wins; returns the keys it wrote so the
-// caller replaces only their line items. Keys must be unique in one call.
-func (q *Queries) OrderUpsertMany(ctx context.Context, arg OrderUpsertManyParams) ([]string, error) {
+type OrderUpsertManyRow struct {
+	OrderKey string
+	Inserted bool
+}
+
+// Writes orders, newest record wins; returns the keys it wrote, and whether
+// each was new (xmax = 0 on a freshly inserted row), so the caller replaces
+// line items only where there were some. Keys must be unique in one call.
+func (q *Queries) OrderUpsertMany(ctx context.Context, arg OrderUpsertManyParams) ([]OrderUpsertManyRow, error) {
 	rows, err := q.db.Query(ctx, orderUpsertMany,
 		arg.OrderKeys,
 		arg.CustomerKeys,
@@ -109,13 +114,13 @@ func (q *Queries) OrderUpsertMany(ctx context.Context, arg OrderUpsertManyParams
 		return nil, err
 	}
 	defer rows.Close()
-	var items []string
+	var items []OrderUpsertManyRow
 	for rows.Next() {
-		var order_key string
-		if err := rows.Scan(&order_key); err != nil {
+		var i OrderUpsertManyRow
+		if err := rows.Scan(&i.OrderKey, &i.Inserted); err != nil {
 			return nil, err
 		}
-		items = append(items, order_key)
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

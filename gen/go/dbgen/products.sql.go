@@ -8,7 +8,6 @@ package dbgen
 import (
 	"context"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -86,7 +85,7 @@ type ProductUpsertManyParams struct {
 	RetailPrices []float64
 	Comments     []string
 	ReceivedAts  []pgtype.Timestamptz
-	MessageIds   []uuid.UUID
+	MessageIds   []pgtype.UUID
 }
 
 // Writes products, newest record wins; returns the keys it wrote.
