@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/google/uuid"
@@ -109,8 +110,13 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 		s.log.WarnContext(ctx, "accepted status not written; the worker will write it when it processes the messages",
 			"error", err, "messages", len(writes))
 	}
+	debug := s.log.Enabled(ctx, slog.LevelDebug)
 	for _, o := range outs {
 		s.metrics.observeAccept(o)
+		if debug {
+			s.log.DebugContext(ctx, "ingested", "message_id", o.MessageID, "entity_type", o.Entity,
+				"duplicate", o.Duplicate, "error", o.Err, "duration", time.Since(start))
+		}
 	}
 	s.metrics.acceptSeconds.Observe(time.Since(start).Seconds())
 	return outs
