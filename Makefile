@@ -10,7 +10,7 @@ BUF      := node_modules/.bin/buf
 GO_PKGS   = $$(go list -m -f '{{.Dir}}/...')
 GENERATORS := bin/protoc-gen-go bin/protoc-gen-connect-go bin/sqlc
 
-.PHONY: help run test generate breaking check-generated vet build tools bench ts-test
+.PHONY: help run test generate breaking check-generated vet build tools bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -18,9 +18,11 @@ help: ## list targets
 run: ## start PostgreSQL (if needed), JetStream, ingest and worker in one process
 	go run ./cmd/nomnom dev
 
-test: check-generated vet ## regenerate, lint, vet and run all Go and TypeScript tests
+# The TypeScript client's test runs inside go test (cmd/nomnom,
+# TestTypeScriptClient) against a pipeline it starts, with gen/ts's
+# dependencies installed here first.
+test: check-generated vet gen/ts/node_modules/.installed ## regenerate, lint, vet and run all Go and TypeScript tests
 	go test -count=1 -timeout 15m $(GO_PKGS)
-	$(MAKE) ts-test
 
 $(GENERATORS) &: tools/go.mod tools/go.sum
 	cd tools && GOWORK=off GOBIN=$(CURDIR)/bin go install tool
@@ -28,6 +30,10 @@ $(GENERATORS) &: tools/go.mod tools/go.sum
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+gen/ts/node_modules/.installed: gen/ts/package.json gen/ts/package-lock.json
+	cd gen/ts && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 tools: $(GENERATORS) node_modules/.installed ## build the pinned code generators
@@ -62,6 +68,3 @@ build: ## build the binaries into bin/
 
 bench: ## end-to-end benchmark against embedded dependencies
 	go run ./cmd/nomnom bench
-
-ts-test: ## build the TypeScript client and run its test against a live server
-	@if [ -f gen/ts/package.json ]; then cd gen/ts && npm ci --no-audit --no-fund --loglevel=error && npm test; fi

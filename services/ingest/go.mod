@@ -15,6 +15,11 @@ require (
 )
 
 require (
+	go.uber.org/goleak v1.3.0 // indirect
+	gopkg.in/yaml.v3 v3.0.1
+)
+
+require (
 	buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go v1.36.12-20260825204119-511051f7f437.2 // indirect
 	buf.build/go/protovalidate v1.4.1 // indirect
 	cel.dev/cel-go v0.33.2 // indirect
@@ -32,6 +37,7 @@ require (
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/nkeys v0.4.17 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/nomnomhq/nomnom/services/worker v0.0.0
 	github.com/pressly/goose/v3 v3.30.1 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
@@ -48,3 +54,5 @@ require (
 )
 
 replace github.com/nomnomhq/nomnom => ../..
+
+replace github.com/nomnomhq/nomnom/services/worker => ../worker

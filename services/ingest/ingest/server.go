@@ -39,19 +39,35 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 
-	mux.HandleFunc("POST /ingest/message", s.restAuth(accessIngest, s.handleMessage))
-	mux.HandleFunc("POST /ingest/batch", s.restAuth(accessIngest, s.handleBatch))
-	mux.HandleFunc("GET /ingest/status/{id}", s.restAuth(accessIngest, s.handleStatus))
-
-	mux.HandleFunc("GET /ready", probe.Ready(&s.ready))
-	mux.HandleFunc("GET /live", probe.Live)
-	checks := []probe.Check{{Name: "postgres", Check: s.store.Ping}}
-	if s.opts.Pinger != nil {
-		checks = append(checks, probe.Check{Name: "nats", Check: s.opts.Pinger})
+	for _, r := range restRoutes {
+		mux.Handle(r.pattern, r.handler(s))
 	}
-	mux.HandleFunc("GET /health", probe.Health(checks...))
-	mux.Handle("GET /metrics", obs.Handler(s.metrics.Registry))
 	return s.metrics.HTTP.Wrap(mux)
+}
+
+// restRoute is one plain HTTP route of the ingest port.
+type restRoute struct {
+	pattern string // "METHOD /path", as http.ServeMux takes it
+	handler func(*Service) http.Handler
+}
+
+// restRoutes are the routes besides the RPC services. openapi.yaml documents
+// each of them, and openapi_test.go fails when the two differ.
+var restRoutes = []restRoute{
+	{"POST /ingest/message", func(s *Service) http.Handler { return s.restAuth(accessIngest, s.handleMessage) }},
+	{"POST /ingest/batch", func(s *Service) http.Handler { return s.restAuth(accessIngest, s.handleBatch) }},
+	{"GET /ingest/status/{id}", func(s *Service) http.Handler { return s.restAuth(accessIngest, s.handleStatus) }},
+	{"GET /ready", func(s *Service) http.Handler { return probe.Ready(&s.ready) }},
+	{"GET /live", func(*Service) http.Handler { return http.HandlerFunc(probe.Live) }},
+	{"GET /health", func(s *Service) http.Handler {
+		checks := []probe.Check{{Name: "postgres", Check: s.store.Ping}}
+		if s.opts.Pinger != nil {
+			checks = append(checks, probe.Check{Name: "nats", Check: s.opts.Pinger})
+		}
+		return probe.Health(checks...)
+	}},
+	{"GET /metrics", func(s *Service) http.Handler { return obs.Handler(s.metrics.Registry) }},
+	{"GET /openapi.yaml", func(*Service) http.Handler { return http.HandlerFunc(serveOpenAPI) }},
 }
 
 // healthChecker answers grpc.health.v1 from the same flag as /ready.
