@@ -28,7 +28,8 @@ type Committer[T any] struct {
 	maxItems int
 	flushers int
 	queue    chan request[T]
-	stopped  chan struct{}
+	stopped  chan struct{} // closed when flushers stop taking new work
+	finished chan struct{} // closed when the last queued item was flushed
 	once     sync.Once
 }
 
@@ -42,6 +43,7 @@ func New[T any](flush FlushFunc[T], maxItems, flushers int) *Committer[T] {
 		flushers: max(flushers, 1),
 		queue:    make(chan request[T], 4096),
 		stopped:  make(chan struct{}),
+		finished: make(chan struct{}),
 	}
 }
 
@@ -51,6 +53,11 @@ func New[T any](flush FlushFunc[T], maxItems, flushers int) *Committer[T] {
 func (c *Committer[T]) Submit(ctx context.Context, items ...T) error {
 	if len(items) == 0 {
 		return nil
+	}
+	select {
+	case <-c.stopped:
+		return ErrClosed
+	default:
 	}
 	req := request[T]{items: items, done: make(chan error, 1)}
 	select {
@@ -63,6 +70,15 @@ func (c *Committer[T]) Submit(ctx context.Context, items ...T) error {
 	select {
 	case err := <-req.done:
 		return err
+	case <-c.finished:
+		// Queued just as the committer stopped: flushed by the final drain,
+		// or never.
+		select {
+		case err := <-req.done:
+			return err
+		default:
+			return ErrClosed
+		}
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -79,6 +95,7 @@ func (c *Committer[T]) Run(ctx context.Context) error {
 	wg.Wait()
 	c.once.Do(func() { close(c.stopped) })
 	c.drain(context.WithoutCancel(ctx))
+	close(c.finished)
 	return nil
 }
 

@@ -6,8 +6,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/nomnomhq/nomnom/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -15,10 +18,11 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestBatchesConcurrentSubmits(t *testing.T) {
 	var mu sync.Mutex
 	var flushed []int
-	var calls atomic.Int32
+	var calls, firstSize atomic.Int32
 	release := make(chan struct{})
 	c := New(func(_ context.Context, items []int) error {
 		if calls.Add(1) == 1 {
+			firstSize.Store(int32(len(items)))
 			<-release // hold the first flush so the rest queue up behind it
 		}
 		mu.Lock()
@@ -39,12 +43,11 @@ func TestBatchesConcurrentSubmits(t *testing.T) {
 			}
 		})
 	}
-	// Wait until the first flush is blocked and everything else is queued.
-	for len(c.queue) < n-1 {
-		if calls.Load() == 0 {
-			continue
-		}
-	}
+	// Wait until the first flush is held and every other item is queued.
+	testutil.WaitFor(t, 10*time.Second, func() (bool, error) {
+		first := int(firstSize.Load())
+		return first > 0 && first+len(c.queue) == n, nil
+	})
 	close(release)
 	wg.Wait()
 	cancel()
@@ -54,7 +57,7 @@ func TestBatchesConcurrentSubmits(t *testing.T) {
 		t.Fatalf("flushed %d items, want %d", len(flushed), n)
 	}
 	if got := calls.Load(); got != 2 {
-		t.Fatalf("flush called %d times, want 2 (one held, one with the %d queued items)", got, n-1)
+		t.Fatalf("flush called %d times, want 2 (one held, one with everything queued behind it)", got)
 	}
 }
 

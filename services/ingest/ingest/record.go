@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nomnomhq/nomnom/internal/envelope"
 )
@@ -72,6 +73,9 @@ func entityOf(fields map[string]json.RawMessage, hint string) (envelope.Entity, 
 // Schema problems are left to the worker, which dead-letters them with the
 // validation error.
 func (s *Service) rawPending(data []byte, hint, source, idempotencyKey string) (pending, error) {
+	if err := checkMeta(source, idempotencyKey); err != nil {
+		return pending{}, err
+	}
 	if int64(len(data)) > s.opts.MaxBodyBytes {
 		return pending{}, fmt.Errorf("record is %d bytes, over the %d-byte limit (INGEST_MAX_BODY_BYTES)", len(data), s.opts.MaxBodyBytes)
 	}
@@ -84,4 +88,23 @@ func (s *Service) rawPending(data []byte, hint, source, idempotencyKey string) (
 		return pending{}, err
 	}
 	return pending{entity: entity, payload: bytes.TrimSpace(data), source: source, idempotencyKey: idempotencyKey}, nil
+}
+
+// Bounds of what a client attaches to a record, from the Record message's
+// rules; source must also fit message_status.source, or the record's status
+// could never be written.
+const (
+	maxSourceLen         = 255
+	maxIdempotencyKeyLen = 200
+)
+
+// checkMeta checks a record's source and idempotency key.
+func checkMeta(source, idempotencyKey string) error {
+	if n := utf8.RuneCountInString(source); n > maxSourceLen {
+		return fmt.Errorf("source is %d characters, over the %d-character limit", n, maxSourceLen)
+	}
+	if n := utf8.RuneCountInString(idempotencyKey); n > maxIdempotencyKeyLen {
+		return fmt.Errorf("idempotency_key is %d characters, over the %d-character limit", n, maxIdempotencyKeyLen)
+	}
+	return nil
 }

@@ -132,6 +132,9 @@ func (s *Service) recordPending(rec *ingestv1.Record) (pending, error) {
 	default:
 		return pending{}, errors.New("one of order, customer, product or raw is required")
 	}
+	if err := checkMeta(rec.GetSource(), rec.GetIdempotencyKey()); err != nil {
+		return pending{}, err
+	}
 	if err := envelope.Validate(typed); err != nil {
 		return pending{}, fmt.Errorf("%s: %w", entity, err)
 	}
