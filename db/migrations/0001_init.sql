@@ -3,8 +3,9 @@
 -- message_status tracks every accepted message. Writers never read-modify-write:
 -- each write carries a key (generation, attempt, rank) and only a larger key
 -- replaces the row, so writes may arrive in any order and the row still ends
--- right. rank: accepted 0 < processing 1 < failed 2 < completed/dlq 3;
--- generation is the replay count; attempt is the JetStream delivery count.
+-- right; completed and dlq are final until a replay starts a new generation.
+-- rank: accepted 0 < processing 1 < failed 2 < completed/dlq 3; generation is
+-- the replay count; attempt is the JetStream delivery count.
 CREATE TABLE message_status (
     message_id    UUID PRIMARY KEY,
     entity_type   VARCHAR(50)  NOT NULL,

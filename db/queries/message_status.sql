@@ -1,7 +1,9 @@
 -- name: MessageStatusUpsertMany :exec
 -- Applies many status writes at once. A write replaces the stored row only
--- when its (generation, attempt, rank) key is larger, which makes the writes
--- commutative: the worker's 'completed' may land before ingest's 'accepted'.
+-- when its (generation, attempt, rank) key is larger and the row is not
+-- already completed or dlq in that generation, which makes the writes
+-- commutative: the worker's 'completed' may land before ingest's 'accepted',
+-- and a redelivery after completion cannot move the row back.
 INSERT INTO message_status AS t (
     message_id, entity_type, status, received_at, processed_at, retry_count,
     error_message, source, generation, attempt, rank, dlq_sequence
@@ -36,7 +38,10 @@ ON CONFLICT (message_id) DO UPDATE SET
     rank          = excluded.rank,
     dlq_sequence  = excluded.dlq_sequence,
     updated_at    = now()
-WHERE (excluded.generation, excluded.attempt, excluded.rank) > (t.generation, t.attempt, t.rank);
+WHERE excluded.generation > t.generation
+   OR (excluded.generation = t.generation
+       AND t.rank < 3 -- completed and dlq are final within a generation
+       AND (excluded.attempt, excluded.rank) > (t.attempt, t.rank));
 
 -- name: MessageStatusGetByID :one
 SELECT * FROM message_status WHERE message_id = $1;

@@ -44,6 +44,7 @@ type Config struct {
 	IngestTokens      []string      `env:"INGEST_TOKENS"`
 	AdminTokens       []string      `env:"ADMIN_TOKENS"`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s"`
+	ShutdownDrain     time.Duration `env:"SHUTDOWN_DRAIN_DELAY" envDefault:"0s"`
 	WorkerConcurrency int           `env:"WORKER_CONCURRENCY" envDefault:"2"`
 	WorkerAckWait     time.Duration `env:"WORKER_ACK_WAIT" envDefault:"30s"`
 	WorkerRetryBase   time.Duration `env:"WORKER_RETRY_BASE_DELAY" envDefault:"1s"`
@@ -170,6 +171,7 @@ func (c *Config) validate() error {
 	check(c.IngestMaxBody >= 1024, "INGEST_MAX_BODY_BYTES", c.IngestMaxBody, "at least 1024")
 	check(c.IngestMaxBatch >= c.IngestMaxBody, "INGEST_MAX_BATCH_BYTES", c.IngestMaxBatch, "at least INGEST_MAX_BODY_BYTES")
 	check(c.NATSDuplicates >= time.Second, "NATS_DUPLICATE_WINDOW", c.NATSDuplicates, "a duration of at least 1s")
+	check(c.ShutdownDrain >= 0 && c.ShutdownDrain <= 5*time.Minute, "SHUTDOWN_DRAIN_DELAY", c.ShutdownDrain, "a duration from 0s to 5m")
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT", c.ShutdownTimeout, "a positive duration")
 	check(c.WorkerAckWait >= time.Second, "WORKER_ACK_WAIT", c.WorkerAckWait, "a duration of at least 1s")
 	check(c.WorkerStmtTimeout >= 10*time.Millisecond && c.WorkerStmtTimeout < c.WorkerAckWait, "WORKER_STATEMENT_TIMEOUT", c.WorkerStmtTimeout, "a duration of at least 10ms and shorter than WORKER_ACK_WAIT")

@@ -209,18 +209,24 @@ func Validate(msg proto.Message) error {
 	}
 	err = v.Validate(msg)
 	var verr *protovalidate.ValidationError
-	if !errors.As(err, &verr) {
+	if err != nil && !errors.As(err, &verr) {
 		return err
 	}
-	parts := make([]string, 0, len(verr.Violations))
-	for _, viol := range verr.Violations {
-		field := protovalidate.FieldPathString(viol.Proto.GetField())
-		if field == "" {
-			field = "record"
+	var parts []string
+	if verr != nil {
+		for _, viol := range verr.Violations {
+			field := protovalidate.FieldPathString(viol.Proto.GetField())
+			if field == "" {
+				field = "record"
+			}
+			parts = append(parts, fmt.Sprintf("%s: %s [%s]", field, viol.Proto.GetMessage(), viol.Proto.GetRuleId()))
 		}
-		parts = append(parts, fmt.Sprintf("%s: %s [%s]", field, viol.Proto.GetMessage(), viol.Proto.GetRuleId()))
 	}
-	return &ValidationError{Violations: parts, cause: verr}
+	parts = append(parts, dateViolations(msg)...)
+	if len(parts) == 0 {
+		return nil
+	}
+	return &ValidationError{Violations: parts, cause: err}
 }
 
 // ValidationError lists protovalidate violations in readable form.
@@ -233,3 +239,29 @@ func (e *ValidationError) Error() string { return strings.Join(e.Violations, "; 
 
 // Unwrap returns the *protovalidate.ValidationError.
 func (e *ValidationError) Unwrap() error { return e.cause }
+
+// dateViolations reports YYYY-MM-DD strings that are not calendar dates
+// (2026-02-30): the pattern rule lets them through and PostgreSQL would
+// refuse them only when the worker stores the record.
+func dateViolations(msg proto.Message) []string {
+	o, ok := msg.(*tpchv1.Order)
+	if !ok {
+		return nil
+	}
+	var out []string
+	check := func(field, v string) {
+		if v == "" {
+			return
+		}
+		if _, err := time.Parse(time.DateOnly, v); err != nil {
+			out = append(out, fmt.Sprintf("%s: %q is not a calendar date [date.valid]", field, v))
+		}
+	}
+	check("order_date", o.GetOrderDate())
+	for i, li := range o.GetLineItems() {
+		check(fmt.Sprintf("line_items[%d].ship_date", i), li.GetShipDate())
+		check(fmt.Sprintf("line_items[%d].commit_date", i), li.GetCommitDate())
+		check(fmt.Sprintf("line_items[%d].receipt_date", i), li.GetReceiptDate())
+	}
+	return out
+}

@@ -211,7 +211,10 @@ ON CONFLICT (message_id) DO UPDATE SET
     rank          = excluded.rank,
     dlq_sequence  = excluded.dlq_sequence,
     updated_at    = now()
-WHERE (excluded.generation, excluded.attempt, excluded.rank) > (t.generation, t.attempt, t.rank)
+WHERE excluded.generation > t.generation
+   OR (excluded.generation = t.generation
+       AND t.rank < 3 -- completed and dlq are final within a generation
+       AND (excluded.attempt, excluded.rank) > (t.attempt, t.rank))
 `
 
 type MessageStatusUpsertManyParams struct {
@@ -230,8 +233,10 @@ type MessageStatusUpsertManyParams struct {
 }
 
 // Applies many status writes at once. A write replaces the stored row only
-// when its (generation, attempt, rank) key is larger, which makes the writes
-// commutative: the worker's 'completed' may land before ingest's 'accepted'.
+// when its (generation, attempt, rank) key is larger and the row is not
+// already completed or dlq in that generation, which makes the writes
+// commutative: the worker's 'completed' may land before ingest's 'accepted',
+// and a redelivery after completion cannot move the row back.
 func (q *Queries) MessageStatusUpsertMany(ctx context.Context, arg MessageStatusUpsertManyParams) error {
 	_, err := q.db.Exec(ctx, messageStatusUpsertMany,
 		arg.MessageIds,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -48,21 +49,30 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onListen f
 		return fmt.Errorf("HTTP_ADDR: %w", err)
 	}
 
-	// The status writer outlives the HTTP server: it stops only after the
-	// last request has been answered.
+	// On shutdown: /ready turns 503 at once, the listener stays open for
+	// SHUTDOWN_DRAIN_DELAY so load balancers notice, then the server stops
+	// accepting and finishes in-flight requests. The status writer outlives
+	// it: it stops only after the last request has been answered.
 	writerCtx, stopWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWriter()
-	var g errgroup.Group
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
+	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return svc.Run(writerCtx) })
 	g.Go(func() error {
 		defer stopWriter()
-		return srv.Serve(ctx, cfg.ShutdownTimeout)
+		return srv.Serve(serveCtx, cfg.ShutdownTimeout)
 	})
 	g.Go(func() error {
-		<-ctx.Done()
-		logger.Info("shutting down: /ready now answers 503, draining in-flight requests", "timeout", cfg.ShutdownTimeout)
+		<-gctx.Done()
+		logger.Info("shutting down: /ready now answers 503, draining in-flight requests",
+			"drain_delay", cfg.ShutdownDrain, "timeout", cfg.ShutdownTimeout)
 		svc.MarkReady(false)
 		svc.Drain()
+		t := time.NewTimer(cfg.ShutdownDrain)
+		defer t.Stop()
+		<-t.C
+		stopServing()
 		return nil
 	})
 	svc.MarkReady(true)

@@ -245,3 +245,27 @@ func TestReadinessFollowsLifecycle(t *testing.T) {
 		t.Errorf("WatchStatus still open %s after Drain", settleTimeout)
 	}
 }
+
+// With SHUTDOWN_DRAIN_DELAY, a stopping ingest keeps its listener open and
+// answers /ready with 503, so a load balancer polling it moves away before
+// connections are refused; records sent meanwhile are still accepted.
+func TestReadyAnswers503WhileDraining(t *testing.T) {
+	t.Parallel()
+	p := startIngest(t, func(c *config.Config) { c.ShutdownDrain = 3 * time.Second })
+	if code, _ := p.do(http.MethodGet, "/ready", nil, ""); code != http.StatusOK {
+		t.Fatalf("/ready before shutdown = %d, want 200", code)
+	}
+	p.ingest.cancel()
+	testutil.WaitFor(t, 2*time.Second, func() (bool, error) {
+		code, _, err := p.tryDo(http.MethodGet, "/ready", nil, "")
+		return code == http.StatusServiceUnavailable, err
+	})
+	code, body := p.do(http.MethodPost, "/ingest/message", nil, `{"customer_key":"DRAINING"}`)
+	if code != http.StatusAccepted {
+		t.Errorf("POST while draining = %d %s, want 202", code, body)
+	}
+	p.ingest.stop(t)
+	if _, _, err := p.tryDo(http.MethodGet, "/ready", nil, ""); err == nil {
+		t.Error("/ready still answered after the drain delay and shutdown")
+	}
+}

@@ -136,15 +136,23 @@ func (w *Worker) consumePoison(ctx context.Context, cons jetstream.Consumer) err
 	}
 	wait := newBackoff(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(10, jetstream.FetchMaxWait(time.Second))
+		// A fetch bound to ctx ends at once on shutdown.
+		fctx, cancel := context.WithTimeout(ctx, time.Second)
+		batch, err := cons.Fetch(10, jetstream.FetchContext(fctx))
 		if err != nil {
+			cancel()
 			if !sleep(ctx, wait.next()) {
 				break
 			}
 			continue
 		}
 		wait.reset()
+		var msgs []jetstream.Msg
 		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		cancel()
+		for _, m := range msgs {
 			if err := w.handleAdvisory(context.WithoutCancel(ctx), stream, m.Data()); err != nil {
 				w.log.Error("poison message not dead-lettered yet; will retry", "error", err)
 				_ = m.NakWithDelay(5 * time.Second)
