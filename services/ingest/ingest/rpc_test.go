@@ -460,14 +460,14 @@ func TestHealthAndReflection(t *testing.T) {
 }
 
 // TestRecordTheDatabaseRefusesFailsAlone sends a batch whose middle record
-// passes validation but is refused by PostgreSQL (an impossible calendar
-// date): it is dead-lettered on its first attempt, and its neighbours, stored
-// in the same fetched batch, are not held back.
+// passes validation but is refused by PostgreSQL (a NUL character, which a
+// text column cannot hold): it is dead-lettered on its first attempt, and its
+// neighbours, stored in the same fetched batch, are not held back.
 func TestRecordTheDatabaseRefusesFailsAlone(t *testing.T) {
 	t.Parallel()
 	p := startIngest(t, nil)
 	impossible := typedOrder("REFUSED-2")
-	impossible.OrderDate = "2026-02-30"
+	impossible.Comment = "nul \x00 inside"
 	resp, err := p.ingestClient(protocols[0]).IngestBatch(t.Context(), connect.NewRequest(&ingestv1.IngestBatchRequest{Records: []*ingestv1.Record{
 		orderRecord(typedOrder("REFUSED-1")), orderRecord(impossible), orderRecord(typedOrder("REFUSED-3")),
 	}}))
@@ -484,8 +484,8 @@ func TestRecordTheDatabaseRefusesFailsAlone(t *testing.T) {
 	p.waitStatus(r[2].GetMessageId(), "completed")
 	st := p.waitStatus(r[1].GetMessageId(), "dlq")
 	if len(st.Attempts) != 1 || st.Attempts[0].ErrorClass != "permanent" || st.ErrorMessage == nil ||
-		!strings.Contains(*st.ErrorMessage, "date") {
-		t.Errorf("refused record's status = %+v, want one permanent attempt with an error about the date", st)
+		!strings.Contains(*st.ErrorMessage, "0x00") {
+		t.Errorf("refused record's status = %+v, want one permanent attempt with PostgreSQL's error about the NUL byte", st)
 	}
 	if n := p.count("SELECT count(*) FROM orders WHERE order_key IN ('REFUSED-1', 'REFUSED-3')"); n != 2 {
 		t.Errorf("%d of the 2 good neighbours stored", n)
