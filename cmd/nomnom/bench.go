@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -120,6 +119,7 @@ func runBench(ctx context.Context, args []string, e env) error {
 	fmt.Fprintf(tw, "PostgreSQL unnest upsert, %d/statement (baseline)\t%.0f records/s\t\n", o.batch, upsertRate)
 	fmt.Fprintf(tw, "pipeline end to end (accepted and stored)\t%.0f records/s\t%.2f×\n", res.throughput, res.throughput/ceiling)
 	fmt.Fprintf(tw, "pipeline ingest only (202 answered)\t%.0f records/s\t%.2f×\n", res.ingestRate, res.ingestRate/ceiling)
+	fmt.Fprintf(tw, "worker alone, draining a backlog\t%.0f records/s\t%.2f×\n", res.drainRate, res.drainRate/ceiling)
 	fmt.Fprintf(tw, "loaded: ingest call latency, %d records/call\tp50 %s, p99 %s\t\n", o.batch, res.callP50, res.callP99)
 	fmt.Fprintf(tw, "loaded: accepted → completed latency\tp50 %s, p99 %s\t\n", res.e2eP50, res.e2eP99)
 	fmt.Fprintf(tw, "light load: POST /ingest/message, one at a time\tp50 %s, p99 %s\t\n", res.singleP50, res.singleP99)
@@ -202,11 +202,11 @@ func benchUpsert(ctx context.Context, url string, o benchOptions) (float64, erro
 }
 
 type pipelineResult struct {
-	throughput, ingestRate           float64
-	callP50, callP99, e2eP50, e2eP99 time.Duration
-	readyP50, readyP99               time.Duration
-	singleP50, singleP99             time.Duration
-	singleE2EP50, singleE2EP99       time.Duration
+	throughput, ingestRate, drainRate float64
+	callP50, callP99, e2eP50, e2eP99  time.Duration
+	readyP50, readyP99                time.Duration
+	singleP50, singleP99              time.Duration
+	singleE2EP50, singleE2EP99        time.Duration
 }
 
 func benchPipeline(ctx context.Context, dbURL, natsURL string, o benchOptions, logger *slog.Logger) (pipelineResult, error) {
@@ -225,8 +225,14 @@ func benchPipeline(ctx context.Context, dbURL, natsURL string, o benchOptions, l
 	addr := make(chan string, 1)
 	var g errgroup.Group
 	g.Go(func() error { return ingest.Run(runCtx, cfg, logger, func(a string) { addr <- a }) })
-	g.Go(func() error { return worker.Run(runCtx, cfg, logger, nil) })
 	defer g.Wait()
+	startWorker := func() (stopWorker func() error) {
+		wctx, cancel := context.WithCancel(runCtx)
+		done := make(chan error, 1)
+		go func() { done <- worker.Run(wctx, cfg, logger, nil) }()
+		return func() error { cancel(); return <-done }
+	}
+	stopWorker := startWorker()
 	var base string
 	select {
 	case a := <-addr:
@@ -239,65 +245,30 @@ func benchPipeline(ctx context.Context, dbURL, natsURL string, o benchOptions, l
 		return res, err
 	}
 	defer pool.Close()
-
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.clients}}
-	bodies := make(chan []byte, o.clients)
-	go func() {
-		defer close(bodies)
-		for i := 0; i < o.records; i += o.batch {
-			var b bytes.Buffer
-			for j := i; j < min(i+o.batch, o.records); j++ {
-				b.Write(benchRecord(j))
-				b.WriteByte('\n')
+	waitCompleted := func(want int) error {
+		for {
+			var done int
+			if err := pool.QueryRow(ctx, "SELECT count(*) FROM message_status WHERE status = 'completed'").Scan(&done); err != nil {
+				return err
 			}
-			select {
-			case bodies <- b.Bytes():
-			case <-ctx.Done():
-				return
+			if done >= want {
+				return nil
+			}
+			if !sleepCtx(ctx, 20*time.Millisecond) {
+				return ctx.Err()
 			}
 		}
-	}()
-	var mu sync.Mutex
-	var calls []time.Duration
-	var failed atomic.Int64
-	start := time.Now()
-	var senders errgroup.Group
-	for range o.clients {
-		senders.Go(func() error {
-			for body := range bodies {
-				t := time.Now()
-				resp, err := client.Post(base+"/ingest/batch", "application/x-ndjson", bytes.NewReader(body))
-				if err != nil {
-					return err
-				}
-				msg, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusAccepted || bytes.Contains(msg, []byte(`"status":"partial"`)) {
-					failed.Add(1)
-					return fmt.Errorf("ingest answered %d: %.300s", resp.StatusCode, msg)
-				}
-				mu.Lock()
-				calls = append(calls, time.Since(t))
-				mu.Unlock()
-			}
-			return nil
-		})
 	}
-	if err := senders.Wait(); err != nil {
+
+	start := time.Now()
+	calls, err := sendBatches(ctx, client, base, o, 0)
+	if err != nil {
 		return res, err
 	}
 	res.ingestRate = float64(o.records) / time.Since(start).Seconds()
-	for {
-		var done int
-		if err := pool.QueryRow(ctx, "SELECT count(*) FROM message_status WHERE status = 'completed'").Scan(&done); err != nil {
-			return res, err
-		}
-		if done >= o.records {
-			break
-		}
-		if !sleepCtx(ctx, 20*time.Millisecond) {
-			return res, ctx.Err()
-		}
+	if err := waitCompleted(o.records); err != nil {
+		return res, err
 	}
 	res.throughput = float64(o.records) / time.Since(start).Seconds()
 	res.callP50, res.callP99 = percentiles(calls)
@@ -364,6 +335,28 @@ func benchPipeline(ctx context.Context, dbURL, natsURL string, o benchOptions, l
 		ready = append(ready, time.Since(t))
 	}
 	res.readyP50, res.readyP99 = percentiles(ready)
+
+	// A backlog: queue records with no worker running, then time one worker
+	// process draining them alone.
+	if err := stopWorker(); err != nil {
+		return res, err
+	}
+	var before int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM message_status WHERE status = 'completed'").Scan(&before); err != nil {
+		return res, err
+	}
+	if _, err := sendBatches(ctx, client, base, o, o.records+1000); err != nil {
+		return res, err
+	}
+	start = time.Now()
+	stopWorker = startWorker()
+	if err := waitCompleted(before + o.records); err != nil {
+		return res, err
+	}
+	res.drainRate = float64(o.records) / time.Since(start).Seconds()
+	if err := stopWorker(); err != nil {
+		return res, err
+	}
 	stop()
 	return res, g.Wait()
 }
@@ -404,4 +397,50 @@ func dropDatabase(url, name string) {
 	}
 	defer conn.Close(ctx)
 	_, _ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+}
+
+// sendBatches posts o.records records, numbered from first, as NDJSON
+// batches from o.clients concurrent clients, and returns each call's latency.
+func sendBatches(ctx context.Context, client *http.Client, base string, o benchOptions, first int) ([]time.Duration, error) {
+	bodies := make(chan []byte, o.clients)
+	go func() {
+		defer close(bodies)
+		for i := 0; i < o.records; i += o.batch {
+			var b bytes.Buffer
+			for j := i; j < min(i+o.batch, o.records); j++ {
+				b.Write(benchRecord(first + j))
+				b.WriteByte('\n')
+			}
+			select {
+			case bodies <- b.Bytes():
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var mu sync.Mutex
+	var calls []time.Duration
+	var senders errgroup.Group
+	for range o.clients {
+		senders.Go(func() error {
+			for body := range bodies {
+				t := time.Now()
+				resp, err := client.Post(base+"/ingest/batch", "application/x-ndjson", bytes.NewReader(body))
+				if err != nil {
+					return err
+				}
+				msg, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted || bytes.Contains(msg, []byte(`"status":"partial"`)) {
+					return fmt.Errorf("ingest answered %d: %.300s", resp.StatusCode, msg)
+				}
+				mu.Lock()
+				calls = append(calls, time.Since(t))
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	err := senders.Wait()
+	return calls, err
 }
