@@ -63,9 +63,13 @@ CREATE TABLE orders (
     updated_at     TIMESTAMPTZ   NOT NULL DEFAULT now()
 );
 
+-- Line items are written only together with their order, in the same
+-- transaction (store.StoreRecords). A foreign key to orders would check and
+-- lock the order row for every line, a quarter of the worker's database time,
+-- to guard an invariant the single writer already keeps.
 CREATE TABLE order_line_items (
     id             BIGSERIAL PRIMARY KEY,
-    order_key      TEXT          NOT NULL REFERENCES orders (order_key) ON DELETE CASCADE,
+    order_key      TEXT          NOT NULL,
     line_number    INTEGER       NOT NULL,
     part_key       TEXT          NOT NULL,
     supplier_key   TEXT,
