@@ -106,18 +106,17 @@ func matches(f *deadletterv1.DeadLetterFilter, dl deadLetter) bool {
 }
 
 // scan visits dead letters matching f from sequence start on, in order,
-// until visit returns false. It reports the sequence to resume from, or 0
-// at the end of the stream.
-func (s *Service) scan(ctx context.Context, f *deadletterv1.DeadLetterFilter, start uint64, visit func(deadLetter) bool) (uint64, error) {
+// until visit returns false or the stream ends.
+func (s *Service) scan(ctx context.Context, f *deadletterv1.DeadLetterFilter, start uint64, visit func(deadLetter) bool) error {
 	st, err := s.dlqStream(ctx)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	subject := envelope.DLQSubjects
 	if t := f.GetEntityType(); t != 0 {
 		e, err := envelope.FromProto(t)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		subject = e.DLQSubject()
 	}
@@ -127,15 +126,15 @@ func (s *Service) scan(ctx context.Context, f *deadletterv1.DeadLetterFilter, st
 		// create or clean up, and exact paging by sequence.
 		raw, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return 0, nil
+			return nil
 		}
 		if err != nil {
-			return 0, fmt.Errorf("read dead-letter stream at %d: %w", seq, err)
+			return fmt.Errorf("read dead-letter stream at %d: %w", seq, err)
 		}
 		seq = raw.Sequence + 1
 		dl := readDeadLetter(raw)
 		if matches(f, dl) && !visit(dl) {
-			return seq, nil
+			return nil
 		}
 	}
 }
@@ -155,17 +154,20 @@ func (s *Service) ListDeadLetters(ctx context.Context, req *connect.Request[dead
 		start = n
 	}
 	resp := &deadletterv1.ListDeadLettersResponse{}
-	next, err := s.scan(ctx, req.Msg.GetFilter(), start, func(dl deadLetter) bool {
+	// The page ends at the first match that does not fit, and the next page
+	// starts there, so a full last page gets no token.
+	err := s.scan(ctx, req.Msg.GetFilter(), start, func(dl deadLetter) bool {
+		if len(resp.DeadLetters) == size {
+			resp.NextPageToken = strconv.FormatUint(dl.seq, 10)
+			return false
+		}
 		info := proto.CloneOf(dl.info)
 		info.Payload = ""
 		resp.DeadLetters = append(resp.DeadLetters, info)
-		return len(resp.DeadLetters) < size
+		return true
 	})
 	if err != nil {
 		return nil, rpcerr.Wrap(err)
-	}
-	if next != 0 {
-		resp.NextPageToken = strconv.FormatUint(next, 10)
 	}
 	return connect.NewResponse(resp), nil
 }
@@ -175,32 +177,49 @@ func errNotDeadLettered(id string) error {
 	return connect.NewError(connect.CodeNotFound, fmt.Errorf("message %s is not in the dead-letter queue", id))
 }
 
-// lookup finds the dead-letter entry of a message through the sequence its
-// status row recorded.
+// lookup finds the dead-letter entry of a message: directly through the
+// sequence its status row recorded, else by scanning the dead-letter stream.
+// The scan covers entries the status no longer points at: a replay whose
+// delete failed has already moved the status to a new generation, and the
+// operator repeats it by id.
 func (s *Service) lookup(ctx context.Context, st jetstream.Stream, id string) (deadLetter, error) {
 	uid, err := uuid.Parse(id)
 	if err != nil {
 		return deadLetter{}, rpcerr.Invalid("message id %q is not a UUID", id)
 	}
 	status, err := s.store.GetStatus(ctx, uid)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && (status.Status != store.StatusDLQ || status.DLQSequence == 0)) {
-		return deadLetter{}, errNotDeadLettered(id)
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return deadLetter{}, err
 	}
-	raw, err := st.GetMsg(ctx, status.DLQSequence)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return deadLetter{}, errNotDeadLettered(id) // purged or aged out
+	if err == nil && status.Status == store.StatusDLQ && status.DLQSequence != 0 {
+		raw, err := st.GetMsg(ctx, status.DLQSequence)
+		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return deadLetter{}, err
+		}
+		if err == nil {
+			if dl := readDeadLetter(raw); dl.info.GetMessageId() == uid.String() {
+				return dl, nil
+			}
+		}
 	}
-	if err != nil {
+	filter := &deadletterv1.DeadLetterFilter{}
+	if status.Entity != "" {
+		filter.EntityType = status.Entity.Proto()
+	}
+	var found *deadLetter
+	if err := s.scan(ctx, filter, 1, func(dl deadLetter) bool {
+		if dl.info.GetMessageId() == uid.String() {
+			found = &dl
+			return false
+		}
+		return true
+	}); err != nil {
 		return deadLetter{}, err
 	}
-	dl := readDeadLetter(raw)
-	if dl.info.GetMessageId() != uid.String() {
+	if found == nil {
 		return deadLetter{}, errNotDeadLettered(id)
 	}
-	return dl, nil
+	return *found, nil
 }
 
 // GetDeadLetter implements nomnom.deadletter.v1.DeadLetterService.GetDeadLetter.
@@ -221,7 +240,7 @@ func (s *Service) GetDeadLetter(ctx context.Context, req *connect.Request[deadle
 func (s *Service) selectDeadLetters(ctx context.Context, st jetstream.Stream, ids []string, f *deadletterv1.DeadLetterFilter) ([]deadLetter, error) {
 	if len(ids) == 0 {
 		var out []deadLetter
-		_, err := s.scan(ctx, f, 1, func(dl deadLetter) bool { out = append(out, dl); return true })
+		err := s.scan(ctx, f, 1, func(dl deadLetter) bool { out = append(out, dl); return true })
 		return out, err
 	}
 	out := make([]deadLetter, 0, len(ids))
