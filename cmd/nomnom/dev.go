@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -75,14 +76,29 @@ func runDev(ctx context.Context, args []string, e env) error {
 	logger.Info("postgres: " + pg.Where())
 	logger.Info("nats: " + natsWhere)
 
+	// The tracer provider is process-wide: were each service to install its
+	// own, the last one would take the other's spans under its name. So one
+	// provider serves both, and the services, given no endpoint, install none.
+	shutdownTracing, err := obs.SetupTracing(ctx, cfg.OTelEndpoint, cmp.Or(cfg.OTelServiceName, "nomnom-dev"), logger)
+	if err != nil {
+		return fmt.Errorf("OTEL_EXPORTER_OTLP_ENDPOINT: %w", err)
+	}
+	defer func() {
+		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
+			logger.Warn("spans not flushed", "error", err)
+		}
+	}()
+	svcCfg := cfg
+	svcCfg.OTelEndpoint = ""
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return ingest.Run(gctx, cfg, logger.With("service", "ingest"), func(addr string) {
+		return ingest.Run(gctx, svcCfg, logger.With("service", "ingest"), func(addr string) {
 			logger.Info("ingest: listening on " + addr + " (REST, Connect, gRPC, gRPC-Web, /metrics)")
 		})
 	})
 	g.Go(func() error {
-		return worker.Run(gctx, cfg, logger.With("service", "worker"), func(addr string) {
+		return worker.Run(gctx, svcCfg, logger.With("service", "worker"), func(addr string) {
 			logger.Info("worker: health and metrics on " + addr)
 		})
 	})

@@ -52,6 +52,8 @@ type Config struct {
 	WorkerStmtTimeout time.Duration `env:"WORKER_STATEMENT_TIMEOUT" envDefault:"10s"`
 	DLQMaxReplays     int           `env:"DLQ_MAX_REPLAYS" envDefault:"5"`
 	DatabaseMaxConns  int           `env:"DATABASE_MAX_CONNS" envDefault:"8"`
+	OTelEndpoint      string        `env:"OTEL_EXPORTER_OTLP_ENDPOINT"`
+	OTelServiceName   string        `env:"OTEL_SERVICE_NAME"`
 }
 
 // Load reads the variables through getenv, applies defaults and validates
@@ -181,6 +183,7 @@ func (c *Config) validate() error {
 	check(validAddr(c.WorkerHTTPAddr), "WORKER_HTTP_ADDR", c.WorkerHTTPAddr, "host:port, such as :8081")
 	check(validLevel(c.LogLevel), "LOG_LEVEL", c.LogLevel, "debug, info, warn or error")
 	check(c.LogFormat == "text" || c.LogFormat == "json", "LOG_FORMAT", c.LogFormat, "text or json")
+	check(c.OTelEndpoint == "" || validHTTPURL(c.OTelEndpoint), "OTEL_EXPORTER_OTLP_ENDPOINT", RedactURL(c.OTelEndpoint), "empty, or an http:// or https:// URL such as http://localhost:4318")
 	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
 		// pgx redacts the password in its message; never echo the raw URL.
 		errs = append(errs, fmt.Errorf("DATABASE_URL is invalid: %v", err))
@@ -201,6 +204,11 @@ func validNATSURL(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+func validHTTPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
 
 func validName(s string) bool {
@@ -258,6 +266,8 @@ func (c Config) LogValue() slog.Value {
 			s = RedactURL(c.DatabaseURL)
 		case "NATS_URL":
 			s = RedactURL(c.NATSURL)
+		case "OTEL_EXPORTER_OTLP_ENDPOINT":
+			s = RedactURL(c.OTelEndpoint)
 		case "INGEST_TOKENS", "ADMIN_TOKENS":
 			s = fmt.Sprintf("[%d redacted]", v.Field(i).Len())
 		default:

@@ -70,6 +70,27 @@ func TestLoadLogLevel(t *testing.T) {
 	}
 }
 
+func TestLoadTracingEndpoint(t *testing.T) {
+	tests := []struct {
+		name, endpoint string
+	}{
+		{"off by default", ""},
+		{"plain HTTP collector", "http://localhost:4318"},
+		{"HTTPS collector behind a path", "https://otel.example.com/otlp"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Load(getenv(map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": tt.endpoint}))
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if cfg.OTelEndpoint != tt.endpoint {
+				t.Errorf("OTelEndpoint = %q, want %q", cfg.OTelEndpoint, tt.endpoint)
+			}
+		})
+	}
+}
+
 func TestLoadRejectsInvalidValues(t *testing.T) {
 	tests := []struct {
 		name string
@@ -130,6 +151,16 @@ func TestLoadRejectsInvalidValues(t *testing.T) {
 			name: "batch limit below body limit",
 			env:  map[string]string{"INGEST_MAX_BODY_BYTES": "4096", "INGEST_MAX_BATCH_BYTES": "2048"},
 			want: []string{`INGEST_MAX_BATCH_BYTES="2048"`, "at least INGEST_MAX_BODY_BYTES"},
+		},
+		{
+			name: "OTLP endpoint without a scheme",
+			env:  map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4318"},
+			want: []string{`OTEL_EXPORTER_OTLP_ENDPOINT="localhost:4318"`, "http:// or https:// URL"},
+		},
+		{
+			name: "OTLP endpoint for gRPC",
+			env:  map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "grpc://collector:4317"},
+			want: []string{`OTEL_EXPORTER_OTLP_ENDPOINT="grpc://collector:4317"`, "http:// or https:// URL"},
 		},
 		{
 			name: "every invalid variable is reported at once",

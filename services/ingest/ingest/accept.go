@@ -12,6 +12,7 @@ import (
 
 	envelopev1 "github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1"
 	"github.com/nomnomhq/nomnom/internal/envelope"
+	"github.com/nomnomhq/nomnom/internal/obs"
 	"github.com/nomnomhq/nomnom/internal/store"
 )
 
@@ -43,6 +44,11 @@ type outcome struct {
 // to each of JetStream and PostgreSQL. Each outcome is independent.
 func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 	start := time.Now()
+	ctx, span := obs.StartBatchSpan(ctx, "ingest.accept", len(recs))
+	defer span.End()
+	// Only a valid span context is worth a header per message; while tracing
+	// is off there is none, and messages go out as before.
+	traced := span.SpanContext().IsValid()
 	now := s.now().UTC()
 	outs := make([]outcome, len(recs))
 	envs := make([]*envelopev1.Envelope, len(recs))
@@ -62,8 +68,13 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 		if r.idempotencyKey != "" {
 			msgID = "idem:" + r.idempotencyKey
 		}
-		f, err := s.js.PublishMsgAsync(
-			&nats.Msg{Subject: r.entity.IngestSubject(), Data: data},
+		msg := &nats.Msg{Subject: r.entity.IngestSubject(), Data: data}
+		if traced {
+			// The worker links its batch span to this trace.
+			msg.Header = nats.Header{}
+			obs.InjectNATS(ctx, msg.Header)
+		}
+		f, err := s.js.PublishMsgAsync(msg,
 			jetstream.WithMsgID(msgID),
 			jetstream.WithExpectStream(s.opts.Stream),
 			jetstream.WithStallWait(5*time.Second),

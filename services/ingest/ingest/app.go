@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,16 @@ import (
 // SHUTDOWN_TIMEOUT), their status rows are written, and connections close.
 // onListen, if set, learns the bound address once requests are served.
 func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onListen func(addr string)) error {
+	shutdownTracing, err := obs.SetupTracing(ctx, cfg.OTelEndpoint, cmp.Or(cfg.OTelServiceName, "nomnom-ingest"), logger)
+	if err != nil {
+		return fmt.Errorf("OTEL_EXPORTER_OTLP_ENDPOINT: %w", err)
+	}
+	// Deferred first, so it runs last: the spans of the drain are flushed too.
+	defer func() {
+		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
+			logger.Warn("spans not flushed", "error", err)
+		}
+	}()
 	deps, err := bootstrap.Open(ctx, cfg, "nomnom-ingest", logger)
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 	envelopev1 "github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1"
 	"github.com/nomnomhq/nomnom/internal/envelope"
 	"github.com/nomnomhq/nomnom/internal/natsx"
+	"github.com/nomnomhq/nomnom/internal/obs"
 	"github.com/nomnomhq/nomnom/internal/rpcerr"
 	"github.com/nomnomhq/nomnom/internal/store"
 )
@@ -28,9 +29,10 @@ var _ deadletterv1connect.DeadLetterServiceHandler = (*Service)(nil)
 
 // deadLetter is one entry of the dead-letter stream.
 type deadLetter struct {
-	seq  uint64
-	env  *envelopev1.Envelope // nil when the entry's envelope is unreadable
-	info *deadletterv1.DeadLetter
+	seq    uint64
+	header nats.Header
+	env    *envelopev1.Envelope // nil when the entry's envelope is unreadable
+	info   *deadletterv1.DeadLetter
 }
 
 func (s *Service) dlqStream(ctx context.Context) (jetstream.Stream, error) {
@@ -61,7 +63,7 @@ func readDeadLetter(raw *jetstream.RawStreamMsg) deadLetter {
 	if t, err := time.Parse(time.RFC3339Nano, h.Get(natsx.HeaderFailedAt)); err == nil {
 		info.FailedAt = timestamppb.New(t)
 	}
-	dl := deadLetter{seq: raw.Sequence, info: info}
+	dl := deadLetter{seq: raw.Sequence, header: raw.Header, info: info}
 	if env, err := envelope.Unmarshal(raw.Data); err == nil {
 		dl.env = env
 		info.MessageId = env.GetMessageId()
@@ -326,7 +328,10 @@ func (s *Service) replay(ctx context.Context, st jetstream.Stream, dl deadLetter
 		return err
 	}
 	msgID := fmt.Sprintf("%s:replay:%d", env.GetMessageId(), env.GetReplayCount())
-	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: entity.IngestSubject(), Data: data},
+	// The replay continues the record's original trace, if it had one.
+	msg := &nats.Msg{Subject: entity.IngestSubject(), Data: data, Header: nats.Header{}}
+	obs.CopyTraceHeaders(msg.Header, dl.header)
+	if _, err := s.js.PublishMsg(ctx, msg,
 		jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.opts.Stream)); err != nil {
 		return fmt.Errorf("republish: %w", err)
 	}

@@ -42,7 +42,8 @@ func (s *Service) Handler() http.Handler {
 	for _, r := range restRoutes {
 		mux.Handle(r.pattern, r.handler(s))
 	}
-	return s.metrics.HTTP.Wrap(mux)
+	// Outermost, so the metrics see the request the mux records its pattern on.
+	return obs.ExtractHTTP(s.metrics.HTTP.Wrap(mux))
 }
 
 // restRoute is one plain HTTP route of the ingest port.

@@ -132,10 +132,12 @@ func TestWorkerRestartLosesAndDuplicatesNothing(t *testing.T) {
 		t.Fatalf("precondition: the first worker stored all %d records before it was stopped", n)
 	}
 	// The batch in flight was finished and acknowledged: nothing is left
-	// for JetStream to redeliver after AckWait.
-	if info := p.consumerInfo(); info.NumAckPending != 0 {
-		t.Errorf("after the first worker stopped, %d messages are delivered but unacknowledged", info.NumAckPending)
-	}
+	// for JetStream to redeliver after AckWait. (The server applies acks
+	// asynchronously, so give it a moment to count them.)
+	testutil.WaitFor(t, 5*time.Second, func() (bool, error) {
+		info := p.consumerInfo()
+		return info.NumAckPending == 0, fmt.Errorf("after the first worker stopped, %d messages are delivered but unacknowledged", info.NumAckPending)
+	})
 
 	p.startWorker()
 	p.waitCount(n, completed)

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,16 @@ func Run(ctx context.Context, cfg config.Config, logger *slog.Logger, onListen f
 		cfg.WorkerBatchSize, cfg.WorkerMaxDeliver, cfg.WorkerPollMS),
 		"concurrency", cfg.WorkerConcurrency, "ack_wait", cfg.WorkerAckWait, "statement_timeout", cfg.WorkerStmtTimeout,
 		"retry_base_delay", cfg.WorkerRetryBase, "retry_max_delay", cfg.WorkerRetryMax)
+	shutdownTracing, err := obs.SetupTracing(ctx, cfg.OTelEndpoint, cmp.Or(cfg.OTelServiceName, "nomnom-worker"), logger)
+	if err != nil {
+		return fmt.Errorf("OTEL_EXPORTER_OTLP_ENDPOINT: %w", err)
+	}
+	// Deferred first, so it runs last: the spans of the final batch are flushed too.
+	defer func() {
+		if err := shutdownTracing(context.WithoutCancel(ctx)); err != nil {
+			logger.Warn("spans not flushed", "error", err)
+		}
+	}()
 	deps, err := bootstrap.Open(ctx, cfg, "nomnom-worker", logger)
 	if err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nomnomhq/nomnom/internal/natsx"
+	"github.com/nomnomhq/nomnom/internal/obs"
 	"github.com/nomnomhq/nomnom/internal/store"
 )
 
@@ -30,6 +31,13 @@ func (w *Worker) deadLetter(ctx context.Context, fs []failure) []bool {
 	if len(fs) == 0 {
 		return done
 	}
+	ctx, span := obs.StartBatchSpan(ctx, "worker.dead_letter", len(fs))
+	defer span.End()
+	if span.IsRecording() {
+		for _, f := range fs {
+			obs.LinkNATS(span, f.d.header)
+		}
+	}
 	now := w.now().UTC()
 	futures := make([]jetstream.PubAckFuture, len(fs))
 	for i, f := range fs {
@@ -38,6 +46,7 @@ func (w *Worker) deadLetter(ctx context.Context, fs []failure) []bool {
 			msg.Subject = "messages.dlq.unknown"
 		}
 		h := msg.Header
+		obs.CopyTraceHeaders(h, f.d.header)
 		h.Set(natsx.HeaderError, headerSafe(f.err.Error()))
 		h.Set(natsx.HeaderErrorClass, f.class)
 		h.Set(natsx.HeaderAttempts, strconv.Itoa(int(f.d.attempt)))
@@ -179,7 +188,7 @@ func (w *Worker) handleAdvisory(ctx context.Context, stream jetstream.Stream, da
 	if err != nil {
 		return fmt.Errorf("read message %d: %w", adv.StreamSeq, err)
 	}
-	d := &delivery{data: raw.Data, subject: raw.Subject, seq: raw.Sequence, attempt: max(adv.Deliveries, 1)}
+	d := &delivery{data: raw.Data, header: raw.Header, subject: raw.Subject, seq: raw.Sequence, attempt: max(adv.Deliveries, 1)}
 	d.decodePayload()
 	if d.env != nil {
 		st, err := w.store.GetStatus(ctx, d.id)

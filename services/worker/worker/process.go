@@ -7,10 +7,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	envelopev1 "github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1"
 	"github.com/nomnomhq/nomnom/internal/envelope"
+	"github.com/nomnomhq/nomnom/internal/obs"
 	"github.com/nomnomhq/nomnom/internal/store"
 )
 
@@ -25,6 +27,7 @@ const (
 type delivery struct {
 	msg     jetstream.Msg // nil for a message read back for a poison advisory
 	data    []byte
+	header  nats.Header // carries the record's trace context, if traced
 	subject string
 	env     *envelopev1.Envelope // nil when the envelope is unreadable
 	id      uuid.UUID
@@ -36,7 +39,7 @@ type delivery struct {
 }
 
 func (w *Worker) decode(m jetstream.Msg) *delivery {
-	d := &delivery{msg: m, data: m.Data(), subject: m.Subject(), attempt: 1}
+	d := &delivery{msg: m, data: m.Data(), header: m.Headers(), subject: m.Subject(), attempt: 1}
 	if meta, err := m.Metadata(); err == nil {
 		d.attempt, d.seq = int32(meta.NumDelivered), meta.Sequence.Stream
 	}
@@ -88,6 +91,13 @@ type failure struct {
 // batch is finished); stop is, and ends a pause for an unreachable database.
 func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 	start := time.Now()
+	ctx, span := obs.StartBatchSpan(ctx, "worker.store_batch", len(msgs))
+	defer span.End()
+	if span.IsRecording() { // no per-message work while tracing is off
+		for _, m := range msgs {
+			obs.LinkNATS(span, m.Headers())
+		}
+	}
 	ds := make([]*delivery, len(msgs))
 	var good []*delivery
 	var failures []failure
