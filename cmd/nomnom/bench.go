@@ -366,11 +366,22 @@ func percentiles(ds []time.Duration) (p50, p99 time.Duration) {
 		return 0, 0
 	}
 	slices.Sort(ds)
-	return ds[len(ds)/2], ds[min(len(ds)-1, len(ds)*99/100)]
+	return readable(ds[len(ds)/2]), readable(ds[min(len(ds)-1, len(ds)*99/100)])
 }
 
-func seconds(f float64) time.Duration {
-	return time.Duration(f * float64(time.Second)).Round(time.Microsecond)
+func seconds(f float64) time.Duration { return readable(time.Duration(f * float64(time.Second))) }
+
+// readable keeps about three significant digits.
+func readable(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d >= 100*time.Millisecond:
+		return d.Round(time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
