@@ -56,8 +56,14 @@ func TestBatchesConcurrentSubmits(t *testing.T) {
 	if len(flushed) != n {
 		t.Fatalf("flushed %d items, want %d", len(flushed), n)
 	}
-	if got := calls.Load(); got != 2 {
-		t.Fatalf("flush called %d times, want 2 (one held, one with everything queued behind it)", got)
+	// Either the first flush took everything, or it was held and the rest
+	// queued behind it went out together in one more.
+	want := int32(2)
+	if firstSize.Load() == n {
+		want = 1
+	}
+	if got := calls.Load(); got != want {
+		t.Fatalf("flush called %d times (first with %d items), want %d", got, firstSize.Load(), want)
 	}
 }
 
