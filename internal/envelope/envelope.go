@@ -111,11 +111,21 @@ func EntityFromSubject(subject string) (Entity, error) {
 	return ParseEntity(subject[i+1:])
 }
 
-// New wraps a payload in a fresh Envelope with a time-ordered UUIDv7 id.
+// idempotencyNamespace scopes the name-based ids of keyed messages.
+var idempotencyNamespace = uuid.MustParse("5f0c3b1e-8a47-4c1d-9d0e-6e6f6d6e6f6d")
+
+// New wraps a payload in a fresh Envelope. Its id is a time-ordered UUIDv7,
+// or, when the producer gave an idempotency key, a UUIDv5 derived from the
+// key: every retry of a keyed record names the same message, so a
+// deduplicated retry can answer with the id without reading the first
+// publish back.
 func New(entity Entity, payload []byte, receivedAt time.Time, source, idempotencyKey string) (*envelopev1.Envelope, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
 		return nil, fmt.Errorf("message id: %w", err)
+	}
+	if idempotencyKey != "" {
+		id = uuid.NewSHA1(idempotencyNamespace, []byte(idempotencyKey))
 	}
 	return &envelopev1.Envelope{
 		MessageId:      id.String(),

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -69,11 +70,16 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, t Topology, logg
 			Description: "nomnom: accepted records awaiting storage",
 			Subjects:    []string{envelope.IngestSubjects},
 			Storage:     jetstream.FileStorage,
-			Retention:   jetstream.LimitsPolicy,
-			MaxAge:      t.MaxAge,
-			MaxBytes:    t.MaxBytes,
-			Replicas:    t.replicas(),
-			Duplicates:  t.DuplicateWindow,
+			// A work queue holds only what the workers have not stored yet,
+			// so NATS_MAX_BYTES bounds the backlog, not the history; and
+			// DiscardNew makes a full backlog refuse new records (ingest
+			// answers 503) instead of deleting accepted ones.
+			Retention:  jetstream.WorkQueuePolicy,
+			Discard:    jetstream.DiscardNew,
+			MaxAge:     t.MaxAge,
+			MaxBytes:   t.MaxBytes,
+			Replicas:   t.replicas(),
+			Duplicates: t.DuplicateWindow,
 		},
 		{
 			Name:        t.DLQStream(),
@@ -81,9 +87,12 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, t Topology, logg
 			Subjects:    []string{envelope.DLQSubjects},
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
-			MaxAge:      t.DLQMaxAge,
-			MaxBytes:    t.DLQMaxBytes,
-			Replicas:    t.replicas(),
+			// A full dead-letter queue refuses new entries; the worker then
+			// keeps the message and retries, rather than losing an old entry.
+			Discard:  jetstream.DiscardNew,
+			MaxAge:   t.DLQMaxAge,
+			MaxBytes: t.DLQMaxBytes,
+			Replicas: t.replicas(),
 			// Long enough that a worker crash between a dead-letter publish
 			// and its ack still dedupes the second publish.
 			Duplicates: time.Hour,
@@ -100,6 +109,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, t Topology, logg
 	}
 	for _, cfg := range streams {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			if strings.Contains(err.Error(), "retention") {
+				return fmt.Errorf("create or update stream %s: %w (the stream exists with another retention policy, which JetStream cannot change: drain it, then delete it with `nats stream rm %s`)", cfg.Name, err, cfg.Name)
+			}
 			return fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
 		}
 		if logger != nil {

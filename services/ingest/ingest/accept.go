@@ -49,7 +49,8 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 	// Only a valid span context is worth a header per message; while tracing
 	// is off there is none, and messages go out as before.
 	traced := span.SpanContext().IsValid()
-	now := s.now().UTC()
+	// PostgreSQL keeps microseconds; so does every answer that quotes this time.
+	now := s.now().UTC().Truncate(time.Microsecond)
 	outs := make([]outcome, len(recs))
 	envs := make([]*envelopev1.Envelope, len(recs))
 	futures := make([]jetstream.PubAckFuture, len(recs))
@@ -87,6 +88,7 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 	}
 
 	writes := make([]store.StatusWrite, 0, len(recs))
+	var dups []int
 	for i, f := range futures {
 		if f == nil {
 			continue
@@ -94,18 +96,17 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 		env := envs[i]
 		select {
 		case ack := <-f.Ok():
-			if ack.Duplicate {
-				orig, err := s.original(ctx, ack.Stream, ack.Sequence)
-				if err != nil {
-					outs[i].Err = fmt.Errorf("idempotency key %q was used before, but its message cannot be read: %w", env.GetIdempotencyKey(), err)
-					continue
-				}
-				env = orig
-				outs[i].Duplicate = true
-			}
 			outs[i].MessageID = env.GetMessageId()
 			outs[i].Entity = recs[i].entity
 			outs[i].ReceivedAt = env.GetReceivedAt().AsTime()
+			if ack.Duplicate {
+				// A retry with a known key: JetStream kept only the first
+				// publish, whose message id is this one (see envelope.New)
+				// and whose status row the first call wrote.
+				outs[i].Duplicate = true
+				dups = append(dups, i)
+				continue
+			}
 			writes = append(writes, acceptedWrite(env, recs[i].entity))
 		case err := <-f.Err():
 			outs[i].Err = fmt.Errorf("publish to jetstream: %w", err)
@@ -113,6 +114,8 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 			outs[i].Err = fmt.Errorf("publish to jetstream: %w", ctx.Err())
 		}
 	}
+
+	s.firstReceived(ctx, outs, dups)
 
 	wctx, cancel := context.WithTimeout(ctx, statusWriteTimeout)
 	defer cancel()
@@ -133,17 +136,31 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 	return outs
 }
 
-// original reads the message an idempotency key first published.
-func (s *Service) original(ctx context.Context, stream string, seq uint64) (*envelopev1.Envelope, error) {
-	st, err := s.js.Stream(ctx, stream)
-	if err != nil {
-		return nil, err
+// firstReceived answers duplicates with the time the first call was
+// accepted, read from its status row; if the row is not there (the first
+// call's status write failed), the retry's own time stands.
+func (s *Service) firstReceived(ctx context.Context, outs []outcome, dups []int) {
+	if len(dups) == 0 {
+		return
 	}
-	raw, err := st.GetMsg(ctx, seq)
-	if err != nil {
-		return nil, err
+	ids := make([]uuid.UUID, len(dups))
+	for j, i := range dups {
+		ids[j] = uuid.MustParse(outs[i].MessageID)
 	}
-	return envelope.Unmarshal(raw.Data)
+	found, err := s.store.GetStatuses(ctx, ids)
+	if err != nil {
+		s.log.WarnContext(ctx, "duplicate: first call's status not readable", "error", err)
+		return
+	}
+	first := make(map[string]time.Time, len(found))
+	for _, st := range found {
+		first[st.MessageID.String()] = st.ReceivedAt
+	}
+	for _, i := range dups {
+		if t, ok := first[outs[i].MessageID]; ok {
+			outs[i].ReceivedAt = t
+		}
+	}
 }
 
 func acceptedWrite(env *envelopev1.Envelope, entity envelope.Entity) store.StatusWrite {

@@ -55,9 +55,15 @@ type pipeline struct {
 	h2c     *http.Client // HTTP/2 without TLS: gRPC
 	db      *pgxpool.Pool
 	js      jetstream.JetStream
-	logs    *logBuffer
-	ingest  *service
-	worker  *service
+	nc      *nats.Conn
+	// published sees every publish to the ingest subjects as it happens.
+	// The ingest stream is a work queue and forgets what the worker
+	// stored, so this is how tests look at what ingest sent.
+	published *nats.Subscription
+	sent      []*nats.Msg
+	logs      *logBuffer
+	ingest    *service
+	worker    *service
 }
 
 // startPipeline starts ingest and a worker. mutate, if set, adjusts the
@@ -111,6 +117,10 @@ func startIngest(t *testing.T, mutate func(*config.Config)) *pipeline {
 	}
 	t.Cleanup(nc.Close)
 	if p.js, err = jetstream.New(nc); err != nil {
+		t.Fatal(err)
+	}
+	p.nc = nc
+	if p.published, err = nc.SubscribeSync(envelope.IngestSubjects); err != nil {
 		t.Fatal(err)
 	}
 
@@ -339,10 +349,22 @@ func (p *pipeline) tryCount(query string, args ...any) (int, error) {
 	return n, err
 }
 
-// streamMsgs is the number of messages in a stream (MESSAGES or
-// MESSAGES_DLQ); the ingest stream keeps acknowledged messages, so this
-// counts everything ever published.
+// streamMsgs is the number of messages a stream holds now. For the
+// dead-letter stream that is its entries; for the ingest stream, a work
+// queue, only what no worker has stored yet: see publishedCount.
 func (p *pipeline) streamMsgs(stream string) uint64 {
+	p.t.Helper()
+	return p.streamInfo(stream).State.Msgs
+}
+
+// publishedCount is how many messages the ingest stream ever stored
+// (its last sequence): deduplicated publishes are not counted.
+func (p *pipeline) publishedCount() uint64 {
+	p.t.Helper()
+	return p.streamInfo(p.cfg.NATSStream).State.LastSeq
+}
+
+func (p *pipeline) streamInfo(stream string) *jetstream.StreamInfo {
 	p.t.Helper()
 	s, err := p.js.Stream(context.Background(), stream)
 	if err != nil {
@@ -352,37 +374,67 @@ func (p *pipeline) streamMsgs(stream string) uint64 {
 	if err != nil {
 		p.t.Fatalf("stream %s info: %v", stream, err)
 	}
-	return info.State.Msgs
+	return info
 }
 
-// envelopes reads every envelope in the ingest stream, by message id.
+// publishes returns every message published to the ingest subjects so far,
+// in order, deduplicated retries included.
+func (p *pipeline) publishes() []*nats.Msg {
+	p.t.Helper()
+	// After the flush round trip, every earlier publish is queued on the
+	// subscription.
+	if err := p.nc.Flush(); err != nil {
+		p.t.Fatal(err)
+	}
+	n, _, err := p.published.Pending()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	for range n {
+		msg, err := p.published.NextMsg(time.Second)
+		if err != nil {
+			p.t.Fatalf("read a published message: %v", err)
+		}
+		p.sent = append(p.sent, msg)
+	}
+	return p.sent
+}
+
+func (p *pipeline) decode(msg *nats.Msg) *envelopev1.Envelope {
+	p.t.Helper()
+	env, err := envelope.Unmarshal(msg.Data)
+	if err != nil {
+		p.t.Fatalf("published message on %s: %v", msg.Subject, err)
+	}
+	return env
+}
+
+// envelopes returns every envelope published to the ingest subjects so far,
+// by message id (a deduplicated retry has its first publish's id).
 func (p *pipeline) envelopes() map[string]*envelopev1.Envelope {
 	p.t.Helper()
-	ctx := context.Background()
-	s, err := p.js.Stream(ctx, p.cfg.NATSStream)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		p.t.Fatal(err)
-	}
 	out := map[string]*envelopev1.Envelope{}
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		raw, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			p.t.Fatalf("read message %d: %v", seq, err)
+	for _, msg := range p.publishes() {
+		env := p.decode(msg)
+		if _, ok := out[env.GetMessageId()]; !ok {
+			out[env.GetMessageId()] = env
 		}
-		env, err := envelope.Unmarshal(raw.Data)
-		if err != nil {
-			p.t.Fatalf("message %d: %v", seq, err)
-		}
-		if _, dup := out[env.GetMessageId()]; dup {
-			p.t.Errorf("message %s is in the stream twice", env.GetMessageId())
-		}
-		out[env.GetMessageId()] = env
 	}
 	return out
+}
+
+// lastIngested returns the newest message published on an entity's ingest
+// subject.
+func (p *pipeline) lastIngested(entity envelope.Entity) (*nats.Msg, *envelopev1.Envelope) {
+	p.t.Helper()
+	sent := p.publishes()
+	for i := len(sent) - 1; i >= 0; i-- {
+		if sent[i].Subject == entity.IngestSubject() {
+			return sent[i], p.decode(sent[i])
+		}
+	}
+	p.t.Fatalf("nothing was published on %s", entity.IngestSubject())
+	return nil, nil
 }
 
 // consumerInfo describes the workers' durable consumer.

@@ -226,7 +226,7 @@ func TestRESTRejectsBadRequests(t *testing.T) {
 			if !strings.Contains(e.Error, tt.wantErr) || e.Code != wantCodeName[tt.wantCode] {
 				t.Errorf("error = %+v, want code %q and an error containing %q", e, wantCodeName[tt.wantCode], tt.wantErr)
 			}
-			if n := p.streamMsgs(p.cfg.NATSStream); n != 0 {
+			if n := p.publishedCount(); n != 0 {
 				t.Errorf("%d messages published, want none", n)
 			}
 			if n := p.count("SELECT count(*) FROM message_status"); n != 0 {
@@ -327,7 +327,7 @@ func TestRESTBatch(t *testing.T) {
 		if code != http.StatusBadRequest || b.Status != "failed" || b.Processed != 2 || b.Inserted != 0 || b.Failed != 2 {
 			t.Errorf("all-bad batch = %d %s, want 400 status failed, processed 2, failed 2", code, data)
 		}
-		if n := p.streamMsgs(p.cfg.NATSStream); n != 3 {
+		if n := p.publishedCount(); n != 3 {
 			t.Errorf("stream holds %d messages after an all-bad batch, want still 3", n)
 		}
 	})
@@ -349,7 +349,7 @@ func TestRESTIdempotencyKey(t *testing.T) {
 	if other.Duplicate || other.MessageID == first.MessageID {
 		t.Errorf("a new key was treated as a duplicate: %+v", other)
 	}
-	if n := p.streamMsgs(p.cfg.NATSStream); n != 2 {
+	if n := p.publishedCount(); n != 2 {
 		t.Errorf("stream holds %d messages, want 2 (one per key)", n)
 	}
 	p.waitStatus(first.MessageID, "completed")

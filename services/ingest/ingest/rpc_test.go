@@ -93,7 +93,7 @@ func TestRPCIngestAndStatus(t *testing.T) {
 		t.Run(proto.name, func(t *testing.T) {
 			ctx := t.Context()
 			ing, st := p.ingestClient(proto), p.statusClient(proto)
-			published := p.streamMsgs(p.cfg.NATSStream)
+			published := p.publishedCount()
 
 			// Ingest a typed order and watch it to the end.
 			key := "RPC-" + proto.name
@@ -166,7 +166,7 @@ func TestRPCIngestAndStatus(t *testing.T) {
 				t.Fatalf("IngestStream = %v, want a product, a customer and an error at index 2", sresp.Msg)
 			}
 
-			if n := p.streamMsgs(p.cfg.NATSStream) - published; n != 5 {
+			if n := p.publishedCount() - published; n != 5 {
 				t.Errorf("%d messages published, want 5 (1 + 2 + 2)", n)
 			}
 			ids := []string{res[0].GetMessageId(), res[2].GetMessageId(), sres[0].GetMessageId(), sres[1].GetMessageId()}
@@ -243,7 +243,7 @@ func TestRPCRejectsInvalidRecords(t *testing.T) {
 				if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Errorf("Ingest error = %v, want InvalidArgument naming %q", err, tt.wantErr)
 				}
-				if n := p.streamMsgs(p.cfg.NATSStream); n != 0 {
+				if n := p.publishedCount(); n != 0 {
 					t.Errorf("%d messages published, want none", n)
 				}
 			})
@@ -279,7 +279,7 @@ func TestRPCIdempotencyKey(t *testing.T) {
 		!second.GetReceivedAt().AsTime().Equal(first.GetReceivedAt().AsTime()) {
 		t.Errorf("answers %v then %v, want the second a duplicate of the first", first, second)
 	}
-	if n := p.streamMsgs(p.cfg.NATSStream); n != 1 {
+	if n := p.publishedCount(); n != 1 {
 		t.Errorf("stream holds %d messages after a repeat, want 1", n)
 	}
 
@@ -296,7 +296,7 @@ func TestRPCIdempotencyKey(t *testing.T) {
 		r[0].GetDuplicate() == r[1].GetDuplicate() {
 		t.Errorf("IngestBatch results = %v, want one message id, one of them a duplicate", r)
 	}
-	if n := p.streamMsgs(p.cfg.NATSStream); n != 2 {
+	if n := p.publishedCount(); n != 2 {
 		t.Errorf("stream holds %d messages, want 2", n)
 	}
 
