@@ -21,9 +21,10 @@ import (
 
 // clientFlags are the flags every client command shares.
 type clientFlags struct {
-	url   string
-	token string
-	json  bool
+	url      string
+	token    string
+	envToken string
+	json     bool
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet, e env) {
@@ -32,7 +33,10 @@ func (c *clientFlags) register(fs *flag.FlagSet, e env) {
 		def = "http://localhost:8080"
 	}
 	fs.StringVar(&c.url, "url", def, "ingest service URL (NOMNOM_URL)")
-	fs.StringVar(&c.token, "token", e.getenv("NOMNOM_TOKEN"), "bearer token (NOMNOM_TOKEN)")
+	// The environment is read after parsing (see clients), so help texts
+	// never print the token as a default.
+	fs.StringVar(&c.token, "token", "", "bearer token (default $NOMNOM_TOKEN)")
+	c.envToken = e.getenv("NOMNOM_TOKEN")
 	fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
 }
 
@@ -47,7 +51,11 @@ type clients struct {
 func (c *clientFlags) clients() clients {
 	httpClient := &http.Client{Timeout: 0} // streaming calls are bounded by ctx
 	base := strings.TrimRight(c.url, "/")
-	opts := []connect.ClientOption{connect.WithInterceptors(bearerInterceptor(c.token))}
+	token := c.token
+	if token == "" {
+		token = c.envToken
+	}
+	opts := []connect.ClientOption{connect.WithInterceptors(bearerInterceptor(token))}
 	return clients{
 		ingest:     ingestv1connect.NewIngestServiceClient(httpClient, base, opts...),
 		status:     statusv1connect.NewStatusServiceClient(httpClient, base, opts...),

@@ -49,6 +49,9 @@ func Open(ctx context.Context, cfg config.Config, name string, logger *slog.Logg
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	pcfg.MaxConns = int32(cfg.DatabaseMaxConns)
+	// Without it a dial to an unreachable host waits for the kernel's TCP
+	// timeout, minutes, while a worker holds its batch.
+	pcfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres pool: %w", err)
@@ -63,7 +66,10 @@ func Open(ctx context.Context, cfg config.Config, name string, logger *slog.Logg
 		d.Close()
 		return nil, fmt.Errorf("%w (NATS_URL=%s)", err, config.RedactURL(cfg.NATSURL))
 	}
-	d.JS, err = jetstream.New(d.NATS, jetstream.WithPublishAsyncMaxPending(8192))
+	// An ack that never comes (a leader election, a lost reply) must not
+	// hold a request or a worker loop for ever.
+	d.JS, err = jetstream.New(d.NATS, jetstream.WithPublishAsyncMaxPending(8192),
+		jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		d.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)

@@ -156,7 +156,7 @@ func (c *Config) validate() error {
 	intRange := func(key string, v, lo, hi int) {
 		check(v >= lo && v <= hi, key, v, fmt.Sprintf("an integer from %d to %d", lo, hi))
 	}
-	check(validNATSURL(c.NATSURL), "NATS_URL", c.NATSURL, "a URL such as nats://host:4222")
+	check(validNATSURL(c.NATSURL), "NATS_URL", RedactURL(c.NATSURL), "a URL such as nats://host:4222")
 	check(validName(c.NATSStream), "NATS_STREAM", c.NATSStream, "letters, digits, - and _")
 	check(validName(c.NATSConsumer), "NATS_CONSUMER", c.NATSConsumer, "letters, digits, - and _")
 	intRange("WORKER_BATCH_SIZE", c.WorkerBatchSize, 1, 10000)
@@ -308,6 +308,15 @@ func RedactURL(raw string) string {
 		case !strings.HasPrefix(u.Scheme, "postgres"):
 			u.User = url.User("xxxxx") // nats://token@host: the user part is a token
 		}
+	}
+	// libpq also takes secrets as query parameters.
+	if q := u.Query(); q.Has("password") || q.Has("sslpassword") {
+		for _, k := range []string{"password", "sslpassword"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+			}
+		}
+		u.RawQuery = q.Encode()
 	}
 	return u.String()
 }

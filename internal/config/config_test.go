@@ -237,3 +237,25 @@ func TestLogValueRedactsSecrets(t *testing.T) {
 		}
 	}
 }
+
+func TestRedactURLHidesQueryPasswords(t *testing.T) {
+	got := RedactURL("postgres://app@db:5432/nomnom?password=hunter2&sslmode=disable&sslpassword=p2")
+	if strings.Contains(got, "hunter2") || strings.Contains(got, "p2&") || strings.HasSuffix(got, "p2") {
+		t.Errorf("RedactURL left a password: %s", got)
+	}
+	if !strings.Contains(got, "sslmode=disable") {
+		t.Errorf("RedactURL dropped other parameters: %s", got)
+	}
+}
+
+func TestInvalidNATSURLIsNotEchoed(t *testing.T) {
+	_, err := Load(func(k string) string {
+		if k == "NATS_URL" {
+			return "nats://alice:hunter2@nats:42x22"
+		}
+		return ""
+	})
+	if err == nil || !strings.Contains(err.Error(), "NATS_URL") || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error = %v, want one naming NATS_URL without the password", err)
+	}
+}

@@ -56,6 +56,11 @@ func (s *Server) Serve(ctx context.Context, timeout time.Duration) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	err := s.srv.Shutdown(sctx)
+	if err != nil {
+		// Out of time: cut the connections still open, so no handler runs
+		// on after the caller closes what it uses.
+		_ = s.srv.Close()
+	}
 	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 		return serr
 	}

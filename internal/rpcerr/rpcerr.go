@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"connectrpc.com/connect"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -35,9 +36,23 @@ func Code(err error) connect.Code {
 		return connect.CodeCanceled
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.CodeDeadlineExceeded
+	case errors.Is(err, nats.ErrMaxPayload):
+		return connect.CodeInvalidArgument // the record is too large for NATS
 	case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrNoResponders),
 		errors.Is(err, nats.ErrTimeout), errors.Is(err, jetstream.ErrNoStreamResponse),
-		errors.Is(err, nats.ErrDisconnected), store.Classify(err) == store.Unavailable:
+		errors.Is(err, nats.ErrDisconnected), errors.Is(err, jetstream.ErrAsyncPublishTimeout):
+		return connect.CodeUnavailable
+	}
+	var apiErr *jetstream.APIError
+	var pgErr *pgconn.PgError
+	var connErr *pgconn.ConnectError
+	switch {
+	case errors.As(err, &apiErr):
+		// JetStream refused (stream full, leader unavailable): try later.
+		return connect.CodeUnavailable
+	case errors.As(err, &connErr):
+		return connect.CodeUnavailable
+	case errors.As(err, &pgErr) && store.Classify(err) == store.Unavailable:
 		return connect.CodeUnavailable
 	}
 	return connect.CodeInternal

@@ -204,6 +204,11 @@ func (s *Service) lookup(ctx context.Context, st jetstream.Stream, id string) (d
 			}
 		}
 	}
+	// Only a replayed message (or one whose status row is missing) can have
+	// an entry its row does not point at; skip the scan for the rest.
+	if err == nil && status.Generation == 0 {
+		return deadLetter{}, errNotDeadLettered(id)
+	}
 	filter := &deadletterv1.DeadLetterFilter{}
 	if status.Entity != "" {
 		filter.EntityType = status.Entity.Proto()

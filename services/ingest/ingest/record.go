@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/nomnomhq/nomnom/internal/envelope"
@@ -100,6 +101,11 @@ const (
 
 // checkMeta checks a record's source and idempotency key.
 func checkMeta(source, idempotencyKey string) error {
+	for name, v := range map[string]string{"source": source, "idempotency_key": idempotencyKey} {
+		if !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) {
+			return fmt.Errorf("%s must be UTF-8 text without control characters", name)
+		}
+	}
 	if n := utf8.RuneCountInString(source); n > maxSourceLen {
 		return fmt.Errorf("source is %d characters, over the %d-character limit", n, maxSourceLen)
 	}

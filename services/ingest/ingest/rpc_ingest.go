@@ -16,6 +16,9 @@ import (
 
 var _ ingestv1connect.IngestServiceHandler = (*Service)(nil)
 
+// maxBatchRecords is IngestBatchRequest.records' max_items rule.
+const maxBatchRecords = 10000
+
 // Ingest implements nomnom.ingest.v1.IngestService.Ingest.
 func (s *Service) Ingest(ctx context.Context, req *connect.Request[ingestv1.IngestRequest]) (*connect.Response[ingestv1.IngestResponse], error) {
 	p, err := s.recordPending(req.Msg.GetRecord())
@@ -36,6 +39,11 @@ func (s *Service) Ingest(ctx context.Context, req *connect.Request[ingestv1.Inge
 
 // IngestBatch implements nomnom.ingest.v1.IngestService.IngestBatch.
 func (s *Service) IngestBatch(ctx context.Context, req *connect.Request[ingestv1.IngestBatchRequest]) (*connect.Response[ingestv1.IngestBatchResponse], error) {
+	// The request's own rules; its records are validated one by one below,
+	// so that a bad record fails alone.
+	if n := len(req.Msg.GetRecords()); n == 0 || n > maxBatchRecords {
+		return nil, rpcerr.Invalid("records: want 1 to %d records, got %d", maxBatchRecords, n)
+	}
 	results, accepted, failed := s.ingestRecords(ctx, req.Msg.GetRecords())
 	return connect.NewResponse(&ingestv1.IngestBatchResponse{Results: results, Accepted: accepted, Failed: failed}), nil
 }

@@ -28,11 +28,14 @@ var services = []string{
 // probes and /metrics.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle(ingestv1connect.NewIngestServiceHandler(s,
+	// Connect reads a request before interceptors see it, so bound what one
+	// message may cost in memory, authenticated or not.
+	limit := connect.WithReadMaxBytes(int(s.opts.MaxBatchBytes))
+	mux.Handle(ingestv1connect.NewIngestServiceHandler(s, limit,
 		connect.WithInterceptors(interceptor{s: s, access: accessIngest})))
-	mux.Handle(statusv1connect.NewStatusServiceHandler(s,
+	mux.Handle(statusv1connect.NewStatusServiceHandler(s, limit,
 		connect.WithInterceptors(interceptor{s: s, access: accessIngest, validate: true})))
-	mux.Handle(deadletterv1connect.NewDeadLetterServiceHandler(s,
+	mux.Handle(deadletterv1connect.NewDeadLetterServiceHandler(s, limit,
 		connect.WithInterceptors(interceptor{s: s, access: accessAdmin, validate: true})))
 	mux.Handle(grpchealth.NewHandler(healthChecker{s}))
 	reflector := grpcreflect.NewStaticReflector(services...)

@@ -93,6 +93,7 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 	start := time.Now()
 	ctx, span := obs.StartBatchSpan(ctx, "worker.store_batch", len(msgs))
 	defer span.End()
+	defer w.keepAlive(msgs)()
 	if span.IsRecording() { // no per-message work while tracing is off
 		for _, m := range msgs {
 			obs.LinkNATS(span, m.Headers())
@@ -163,6 +164,31 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 	elapsed := time.Since(start)
 	w.metrics.batchSeconds.Observe(elapsed.Seconds())
 	w.log.Debug("batch done", "messages", len(msgs), "stored", len(good), "failed", len(failures), "duration", elapsed)
+}
+
+// keepAlive tells JetStream every third of AckWait that the batch is still
+// being worked on, so a slow statement or a stalled connection does not get
+// the messages redelivered (and an attempt spent) under the worker's feet.
+// The returned func stops it.
+func (w *Worker) keepAlive(msgs []jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(max(w.topo.AckWait/3, 100*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 func items(ds []*delivery) []store.Item {
