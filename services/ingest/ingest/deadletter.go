@@ -242,12 +242,20 @@ func (s *Service) GetDeadLetter(ctx context.Context, req *connect.Request[deadle
 	return connect.NewResponse(&deadletterv1.GetDeadLetterResponse{DeadLetter: dl.info}), nil
 }
 
+// maxPerCall bounds how many entries one replay or purge by filter handles.
+const maxPerCall = 10000
+
 // selectDeadLetters resolves ids (all must exist, else NotFound naming the
 // missing ones and nothing is done) or scans with a filter.
 func (s *Service) selectDeadLetters(ctx context.Context, st jetstream.Stream, ids []string, f *deadletterv1.DeadLetterFilter) ([]deadLetter, error) {
 	if len(ids) == 0 {
+		// Bounded per call: a replay or purge removes what it handled, so
+		// repeating it continues where it stopped.
 		var out []deadLetter
-		err := s.scan(ctx, f, 1, func(dl deadLetter) bool { out = append(out, dl); return true })
+		err := s.scan(ctx, f, 1, func(dl deadLetter) bool {
+			out = append(out, dl)
+			return len(out) < maxPerCall
+		})
 		return out, err
 	}
 	out := make([]deadLetter, 0, len(ids))

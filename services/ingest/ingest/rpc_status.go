@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"connectrpc.com/connect"
@@ -18,8 +19,15 @@ import (
 
 var _ statusv1connect.StatusServiceHandler = (*Service)(nil)
 
-// watchInterval is how often WatchStatus looks for a change.
-const watchInterval = 50 * time.Millisecond
+// WatchStatus polls every watchInterval at first, backing off to
+// watchMaxInterval, and gives up on an id with no status after
+// watchUnknownFor (its row may trail the client's first look by a moment,
+// but not by that long).
+const (
+	watchInterval    = 50 * time.Millisecond
+	watchMaxInterval = time.Second
+	watchUnknownFor  = 30 * time.Second
+)
 
 // GetStatus implements nomnom.status.v1.StatusService.GetStatus.
 func (s *Service) GetStatus(ctx context.Context, req *connect.Request[statusv1.GetStatusRequest]) (*connect.Response[statusv1.GetStatusResponse], error) {
@@ -90,8 +98,10 @@ func (s *Service) ListStatuses(ctx context.Context, req *connect.Request[statusv
 // the client's first look by a moment.
 func (s *Service) WatchStatus(ctx context.Context, req *connect.Request[statusv1.WatchStatusRequest], stream *connect.ServerStream[statusv1.WatchStatusResponse]) error {
 	id := uuid.MustParse(req.Msg.GetMessageId())
-	ticker := time.NewTicker(watchInterval)
-	defer ticker.Stop()
+	// Poll fast at first, when changes come quickly, then back off: a
+	// long watch costs a query a second, not twenty.
+	wait := watchInterval
+	deadline := time.Now().Add(watchUnknownFor)
 	var last store.MessageStatus
 	sent := false
 	for {
@@ -103,20 +113,27 @@ func (s *Service) WatchStatus(ctx context.Context, req *connect.Request[statusv1
 					return err
 				}
 				last, sent = st, true
+				wait = watchInterval
 			}
 			if st.Status.Terminal() {
 				return nil
 			}
 		case rpcerr.Code(err) != connect.CodeNotFound:
 			return rpcerr.Wrap(err)
+		case time.Now().After(deadline):
+			return connect.NewError(connect.CodeNotFound, fmt.Errorf("message %s: no status after %s", id, watchUnknownFor))
 		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return rpcerr.Wrap(ctx.Err())
 		case <-s.draining:
+			t.Stop()
 			return connect.NewError(connect.CodeUnavailable, errors.New("server is shutting down; watch again"))
-		case <-ticker.C:
+		case <-t.C:
 		}
+		wait = min(wait*2, watchMaxInterval)
 	}
 }
 

@@ -190,8 +190,10 @@ func (w *Worker) handleAdvisory(ctx context.Context, stream jetstream.Stream, da
 	}
 	d := &delivery{data: raw.Data, header: raw.Header, subject: raw.Subject, seq: raw.Sequence, attempt: max(adv.Deliveries, 1)}
 	d.decodePayload()
+	var st store.MessageStatus
 	if d.env != nil {
-		st, err := w.store.GetStatus(ctx, d.id)
+		var err error
+		st, err = w.store.GetStatus(ctx, d.id)
 		switch {
 		case err == nil && st.Status.Terminal() && st.Generation == d.env.GetReplayCount():
 			return nil // settled on its last delivery; only the ack was lost
@@ -200,8 +202,31 @@ func (w *Worker) handleAdvisory(ctx context.Context, stream jetstream.Stream, da
 		}
 	}
 	f := failure{d: d, class: ClassPoison, err: fmt.Errorf("no attempt finished in %d deliveries: the worker crashed or timed out processing this message", d.attempt)}
+	if last, ok := lastAttempt(st, d); ok {
+		// The last attempt did finish, with an error, but its dead-lettering
+		// failed: keep that error and class rather than call it poison.
+		f.class, f.err = last.ErrorClass, errors.New(last.Error)
+	}
 	if !w.deadLetter(ctx, []failure{f})[0] {
 		return errors.New("dead-letter publish or status write failed")
 	}
+	// The work queue keeps a message the consumer gave up on; it lives on
+	// in the DLQ now, so free its place in the backlog.
+	if err := stream.DeleteMsg(ctx, raw.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		w.log.Warn("dead-lettered, but not removed from the ingest stream", "stream_sequence", raw.Sequence, "error", err)
+	}
 	return nil
+}
+
+// lastAttempt is the recorded failure of the delivery JetStream gave up
+// after, if that delivery got as far as recording one.
+func lastAttempt(st store.MessageStatus, d *delivery) (store.Attempt, bool) {
+	if d.env == nil || len(st.Attempts) == 0 {
+		return store.Attempt{}, false
+	}
+	last := st.Attempts[len(st.Attempts)-1]
+	if last.Generation != d.env.GetReplayCount() || last.Attempt != d.attempt {
+		return store.Attempt{}, false
+	}
+	return last, true
 }

@@ -527,7 +527,8 @@ type ReplayDeadLettersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Replay these messages.
 	MessageIds []string `protobuf:"bytes,1,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
-	// Or replay every entry matching this filter (all entries when both are empty).
+	// Or replay every entry matching this filter (all entries when both are
+	// empty), at most 10000 per call: repeat the call to continue.
 	Filter *DeadLetterFilter `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
 	// A fixed JSON record to send instead of the stored payload; only with
 	// exactly one message id.
@@ -747,7 +748,8 @@ type PurgeDeadLettersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Delete these messages.
 	MessageIds []string `protobuf:"bytes,1,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
-	// Or delete every entry matching this filter (all entries when both are empty).
+	// Or delete every entry matching this filter (all entries when both are
+	// empty), at most 10000 per call: repeat the call to continue.
 	Filter *DeadLetterFilter `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
 	// Report what would be deleted without doing it.
 	DryRun        bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`

@@ -286,7 +286,8 @@ export type ReplayDeadLettersRequest = Message<"nomnom.deadletter.v1.ReplayDeadL
   messageIds: string[];
 
   /**
-   * Or replay every entry matching this filter (all entries when both are empty).
+   * Or replay every entry matching this filter (all entries when both are
+   * empty), at most 10000 per call: repeat the call to continue.
    *
    * @generated from field: nomnom.deadletter.v1.DeadLetterFilter filter = 2;
    */
@@ -413,7 +414,8 @@ export type PurgeDeadLettersRequest = Message<"nomnom.deadletter.v1.PurgeDeadLet
   messageIds: string[];
 
   /**
-   * Or delete every entry matching this filter (all entries when both are empty).
+   * Or delete every entry matching this filter (all entries when both are
+   * empty), at most 10000 per call: repeat the call to continue.
    *
    * @generated from field: nomnom.deadletter.v1.DeadLetterFilter filter = 2;
    */
