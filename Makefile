@@ -22,7 +22,10 @@ run: ## start PostgreSQL (if needed), JetStream, ingest and worker in one proces
 # TestTypeScriptClient) against a pipeline it starts, with gen/ts's
 # dependencies installed here first.
 test: check-generated vet gen/ts/node_modules/.installed ## regenerate, lint, vet and run all Go and TypeScript tests
-	go test -count=1 -timeout 15m $(GO_PKGS)
+	@# Tests create their databases on TEST_DATABASE_URL's server; without one,
+	@# use 127.0.0.1:5432 or start a private cluster under .data/test-postgres.
+	url="$${TEST_DATABASE_URL:-$$(go run ./cmd/nomnom postgres)}"; \
+		TEST_DATABASE_URL="$$url" go test -count=1 -timeout 15m $(GO_PKGS)
 
 $(GENERATORS) &: tools/go.mod tools/go.sum
 	cd tools && GOWORK=off GOBIN=$(CURDIR)/bin go install tool

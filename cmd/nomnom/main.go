@@ -5,6 +5,7 @@
 //	nomnom status [flags] ID        show a message's status (--watch to follow it)
 //	nomnom dlq list|show|replay|purge  inspect and replay the dead-letter queue
 //	nomnom bench [flags]            measure end-to-end throughput and latency
+//	nomnom postgres [--data DIR]    print a PostgreSQL URL for tests (make test)
 //
 // Client commands talk to the ingest service at --url (NOMNOM_URL, default
 // http://localhost:8080) with --token (NOMNOM_TOKEN) as bearer token.
@@ -43,6 +44,7 @@ commands:
   status   show a message's status: nomnom status [--watch] [--json] MESSAGE_ID
   dlq      dead-letter queue: nomnom dlq list|show|replay|purge (see nomnom dlq -h)
   bench    end-to-end benchmark against embedded dependencies
+  postgres print a PostgreSQL admin URL for tests, starting a private cluster if none runs
 
 Run 'nomnom <command> -h' for a command's flags.
 `
@@ -73,6 +75,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return runDLQ(ctx, rest, e)
 	case "bench":
 		return runBench(ctx, rest, e)
+	case "postgres":
+		return runPostgres(ctx, rest, e)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
