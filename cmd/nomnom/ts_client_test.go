@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io/fs"
@@ -66,7 +65,7 @@ func startPipeline(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	var logs syncBuffer
+	var logs testutil.LogBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -131,22 +130,4 @@ func runNPM(t *testing.T, npm, dir string, env []string, args ...string) {
 		t.Fatalf("npm %v in %s: %v\n%s", args, tsClientDir, err, out)
 	}
 	t.Logf("npm %v:\n%s", args, out)
-}
-
-// syncBuffer collects the pipeline's log from its goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

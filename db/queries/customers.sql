@@ -32,6 +32,3 @@ ON CONFLICT (customer_key) DO UPDATE SET
     updated_at      = now()
 WHERE (excluded.received_at, excluded.message_id) >= (t.received_at, t.message_id)
 RETURNING customer_key;
-
--- name: CustomerGetByKey :one
-SELECT * FROM customers WHERE customer_key = $1;

@@ -30,6 +30,3 @@ FROM (SELECT
     unnest(@ship_modes::text[]) AS ship_mode,
     unnest(@comments::text[]) AS comment
 ) AS u;
-
--- name: OrderLineItemListByOrder :many
-SELECT * FROM order_line_items WHERE order_key = $1 ORDER BY line_number;

@@ -36,6 +36,3 @@ ON CONFLICT (order_key) DO UPDATE SET
     updated_at     = now()
 WHERE (excluded.received_at, excluded.message_id) >= (t.received_at, t.message_id)
 RETURNING order_key, (xmax = 0)::boolean AS inserted;
-
--- name: OrderGetByKey :one
-SELECT * FROM orders WHERE order_key = $1;

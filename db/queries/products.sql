@@ -34,6 +34,3 @@ ON CONFLICT (part_key) DO UPDATE SET
     updated_at   = now()
 WHERE (excluded.received_at, excluded.message_id) >= (t.received_at, t.message_id)
 RETURNING part_key;
-
--- name: ProductGetByKey :one
-SELECT * FROM products WHERE part_key = $1;

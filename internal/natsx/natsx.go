@@ -6,7 +6,6 @@ package natsx
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -170,9 +169,4 @@ func Connect(url, name string, logger *slog.Logger) (*nats.Conn, error) {
 		return nil, fmt.Errorf("connect to nats: %w", err)
 	}
 	return nc, nil
-}
-
-// IsNotFound reports whether err says a stream message does not exist.
-func IsNotFound(err error) bool {
-	return errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
 }

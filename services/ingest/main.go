@@ -10,8 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/nomnomhq/nomnom/internal/config"
-	"github.com/nomnomhq/nomnom/internal/obs"
+	"github.com/nomnomhq/nomnom/internal/bootstrap"
 	"github.com/nomnomhq/nomnom/services/ingest/ingest"
 )
 
@@ -25,11 +24,5 @@ func main() {
 }
 
 func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer) error {
-	cfg, err := config.Load(getenv)
-	if err != nil {
-		return fmt.Errorf("configuration:\n%w", err)
-	}
-	logger := obs.NewLogger(stdout, cfg.LogFormat, cfg.Level())
-	logger.Info("starting nomnom ingest", "config", cfg)
-	return ingest.Run(ctx, cfg, logger, nil)
+	return bootstrap.Main(ctx, "ingest", getenv, stdout, ingest.Run)
 }

@@ -11,8 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/nomnomhq/nomnom/internal/config"
-	"github.com/nomnomhq/nomnom/internal/obs"
+	"github.com/nomnomhq/nomnom/internal/bootstrap"
 	"github.com/nomnomhq/nomnom/services/worker/worker"
 )
 
@@ -26,11 +25,5 @@ func main() {
 }
 
 func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.Writer) error {
-	cfg, err := config.Load(getenv)
-	if err != nil {
-		return fmt.Errorf("configuration:\n%w", err)
-	}
-	logger := obs.NewLogger(stdout, cfg.LogFormat, cfg.Level())
-	logger.Info("starting nomnom worker", "config", cfg)
-	return worker.Run(ctx, cfg, logger, nil)
+	return bootstrap.Main(ctx, "worker", getenv, stdout, worker.Run)
 }

@@ -11,31 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-const customerGetByKey = `-- name: CustomerGetByKey :one
-SELECT id, customer_key, name, address, nation_key, phone, account_balance, market_segment, comment, received_at, message_id, created_at, updated_at FROM customers WHERE customer_key = $1
-`
-
-func (q *Queries) CustomerGetByKey(ctx context.Context, customerKey string) (Customer, error) {
-	row := q.db.QueryRow(ctx, customerGetByKey, customerKey)
-	var i Customer
-	err := row.Scan(
-		&i.ID,
-		&i.CustomerKey,
-		&i.Name,
-		&i.Address,
-		&i.NationKey,
-		&i.Phone,
-		&i.AccountBalance,
-		&i.MarketSegment,
-		&i.Comment,
-		&i.ReceivedAt,
-		&i.MessageID,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-	)
-	return i, err
-}
-
 const customerUpsertMany = `-- name: CustomerUpsertMany :many
 INSERT INTO customers AS t (
     customer_key, name, address, nation_key, phone, account_balance, market_segment,

@@ -11,32 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-const orderGetByKey = `-- name: OrderGetByKey :one
-SELECT id, order_key, customer_key, order_status, total_price, order_date, order_priority, clerk, ship_priority, comment, received_at, message_id, created_at, updated_at FROM orders WHERE order_key = $1
-`
-
-func (q *Queries) OrderGetByKey(ctx context.Context, orderKey string) (Order, error) {
-	row := q.db.QueryRow(ctx, orderGetByKey, orderKey)
-	var i Order
-	err := row.Scan(
-		&i.ID,
-		&i.OrderKey,
-		&i.CustomerKey,
-		&i.OrderStatus,
-		&i.TotalPrice,
-		&i.OrderDate,
-		&i.OrderPriority,
-		&i.Clerk,
-		&i.ShipPriority,
-		&i.Comment,
-		&i.ReceivedAt,
-		&i.MessageID,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-	)
-	return i, err
-}
-
 const orderUpsertMany = `-- name: OrderUpsertMany :many
 INSERT INTO orders AS t (
     order_key, customer_key, order_status, total_price, order_date, order_priority,

@@ -11,32 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-const productGetByKey = `-- name: ProductGetByKey :one
-SELECT id, part_key, name, mfgr, brand, type, size, container, retail_price, comment, received_at, message_id, created_at, updated_at FROM products WHERE part_key = $1
-`
-
-func (q *Queries) ProductGetByKey(ctx context.Context, partKey string) (Product, error) {
-	row := q.db.QueryRow(ctx, productGetByKey, partKey)
-	var i Product
-	err := row.Scan(
-		&i.ID,
-		&i.PartKey,
-		&i.Name,
-		&i.Mfgr,
-		&i.Brand,
-		&i.Type,
-		&i.Size,
-		&i.Container,
-		&i.RetailPrice,
-		&i.Comment,
-		&i.ReceivedAt,
-		&i.MessageID,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-	)
-	return i, err
-}
-
 const productUpsertMany = `-- name: ProductUpsertMany :many
 INSERT INTO products AS t (
     part_key, name, mfgr, brand, type, size, container, retail_price, comment,

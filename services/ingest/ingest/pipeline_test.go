@@ -1,7 +1,6 @@
 package ingest_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	envelopev1 "github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1"
 	"github.com/nomnomhq/nomnom/gen/go/nomnom/ingest/v1/ingestv1connect"
 	"github.com/nomnomhq/nomnom/gen/go/nomnom/status/v1/statusv1connect"
+	"github.com/nomnomhq/nomnom/internal/bootstrap"
 	"github.com/nomnomhq/nomnom/internal/config"
 	"github.com/nomnomhq/nomnom/internal/envelope"
 	"github.com/nomnomhq/nomnom/internal/obs"
@@ -61,7 +61,7 @@ type pipeline struct {
 	// stored, so this is how tests look at what ingest sent.
 	published *nats.Subscription
 	sent      []*nats.Msg
-	logs      *logBuffer
+	logs      *testutil.LogBuffer
 	ingest    *service
 	worker    *service
 }
@@ -98,7 +98,7 @@ func startIngest(t *testing.T, mutate func(*config.Config)) *pipeline {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	p := &pipeline{t: t, cfg: cfg, logs: &logBuffer{}}
+	p := &pipeline{t: t, cfg: cfg, logs: &testutil.LogBuffer{}}
 	// Registered first so it runs last, when every service has stopped.
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -170,9 +170,7 @@ type service struct {
 	once   sync.Once
 }
 
-type runFunc func(ctx context.Context, cfg config.Config, logger *slog.Logger, onListen func(addr string)) error
-
-func startService(t *testing.T, name string, run runFunc, cfg config.Config, logger *slog.Logger) *service {
+func startService(t *testing.T, name string, run bootstrap.RunFunc, cfg config.Config, logger *slog.Logger) *service {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &service{name: name, cancel: cancel, done: make(chan error, 1)}
@@ -206,24 +204,6 @@ func (s *service) stop(t testing.TB) {
 			t.Errorf("%s: Run did not return within %s of cancel", s.name, stopTimeout)
 		}
 	})
-}
-
-// logBuffer collects the services' logs; they are printed if a test fails.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // do sends a REST request over HTTP/1.1 and returns the status code and body.

@@ -1,10 +1,8 @@
 package worker_test
 
 import (
-	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,24 +11,6 @@ import (
 	"github.com/nomnomhq/nomnom/internal/testutil"
 	"github.com/nomnomhq/nomnom/services/worker/worker"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestRunLogsConfigAndStops starts the worker from configuration, checks the
 // plan's start-up line, and stops it: Run must return nil once its context
@@ -77,7 +57,7 @@ func TestRunLogsConfigAndStops(t *testing.T) {
 			if err != nil {
 				t.Fatalf("config: %v", err)
 			}
-			var logs syncBuffer
+			var logs testutil.LogBuffer
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			listening := make(chan struct{})
