@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -28,6 +29,7 @@ import (
 	"github.com/nomnomhq/nomnom/gen/go/dbgen"
 	"github.com/nomnomhq/nomnom/internal/config"
 	"github.com/nomnomhq/nomnom/internal/devenv"
+	"github.com/nomnomhq/nomnom/internal/envelope"
 	"github.com/nomnomhq/nomnom/internal/store"
 	"github.com/nomnomhq/nomnom/services/ingest/ingest"
 	"github.com/nomnomhq/nomnom/services/worker/worker"
@@ -108,6 +110,10 @@ func runBench(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return fmt.Errorf("postgres baseline: %w", err)
 	}
+	dbWorkRate, err := benchDatabaseWork(ctx, pg.URL(), o)
+	if err != nil {
+		return fmt.Errorf("database work: %w", err)
+	}
 	res, err := benchPipeline(ctx, pg.URL(), natsSrv.URL(), o, quiet)
 	if err != nil {
 		return fmt.Errorf("pipeline: %w", err)
@@ -117,7 +123,9 @@ func runBench(ctx context.Context, args []string, e env) error {
 	fmt.Fprintln(tw, "measurement\tresult\tvs slower baseline")
 	fmt.Fprintf(tw, "JetStream async publish (baseline)\t%.0f records/s\t\n", pubRate)
 	fmt.Fprintf(tw, "PostgreSQL unnest upsert, %d/statement (baseline)\t%.0f records/s\t\n", o.batch, upsertRate)
+	fmt.Fprintf(tw, "the pipeline's database work alone, %d connections\t%.0f records/s\t%.2f×\n", o.workerConcurrency, dbWorkRate, dbWorkRate/ceiling)
 	fmt.Fprintf(tw, "pipeline end to end (accepted and stored)\t%.0f records/s\t%.2f×\n", res.throughput, res.throughput/ceiling)
+	fmt.Fprintf(tw, "  CPU of this process per record (services, JetStream, load)\t%s\t\n", res.cpuPerRecord)
 	fmt.Fprintf(tw, "pipeline ingest only (202 answered)\t%.0f records/s\t%.2f×\n", res.ingestRate, res.ingestRate/ceiling)
 	fmt.Fprintf(tw, "worker alone, draining a backlog\t%.0f records/s\t%.2f×\n", res.drainRate, res.drainRate/ceiling)
 	fmt.Fprintf(tw, "loaded: ingest call latency, %d records/call\tp50 %s, p99 %s\t\n", o.batch, res.callP50, res.callP99)
@@ -201,8 +209,77 @@ func benchUpsert(ctx context.Context, url string, o benchOptions) (float64, erro
 	return rate, err
 }
 
+// benchDatabaseWork runs, with nothing else going on, the statements the
+// pipeline needs for each record: ingest's 'accepted' row, the worker's
+// 'processing' row, and the store transaction (order, line items,
+// 'completed'), in batches of o.workerBatch on o.workerConcurrency
+// connections, as the worker runs them. It bounds what the pipeline can
+// reach on this PostgreSQL.
+func benchDatabaseWork(ctx context.Context, url string, o benchOptions) (float64, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer pool.Close()
+	st := store.New(pool)
+	now := time.Now()
+	batches := make(chan []store.Item, o.records/o.workerBatch+1)
+	for i := 0; i < o.records; i += o.workerBatch {
+		var items []store.Item
+		for j := i; j < min(i+o.workerBatch, o.records); j++ {
+			rec, err := envelope.Decode(envelope.Order, benchRecord(j))
+			if err != nil {
+				return 0, err
+			}
+			items = append(items, store.Item{MessageID: uuid.Must(uuid.NewV7()), Entity: envelope.Order, ReceivedAt: now, Attempt: 1, Record: rec})
+		}
+		batches <- items
+	}
+	close(batches)
+	var g errgroup.Group
+	start := time.Now()
+	for range o.workerConcurrency {
+		g.Go(func() error {
+			for items := range batches {
+				for _, status := range []store.Status{store.StatusAccepted, store.StatusProcessing} {
+					writes := make([]store.StatusWrite, len(items))
+					for k, it := range items {
+						writes[k] = store.StatusWrite{MessageID: it.MessageID, Entity: it.Entity, Status: status, ReceivedAt: it.ReceivedAt, Attempt: it.Attempt}
+						if status == store.StatusAccepted {
+							writes[k].Attempt = 0
+						}
+					}
+					if err := st.WriteStatuses(ctx, writes); err != nil {
+						return err
+					}
+				}
+				if _, err := st.StoreRecords(ctx, items); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	rate := float64(o.records) / time.Since(start).Seconds()
+	_, err = pool.Exec(ctx, "TRUNCATE message_status, orders, order_line_items")
+	return rate, err
+}
+
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 type pipelineResult struct {
 	throughput, ingestRate, drainRate float64
+	cpuPerRecord                      time.Duration
 	callP50, callP99, e2eP50, e2eP99  time.Duration
 	readyP50, readyP99                time.Duration
 	singleP50, singleP99              time.Duration
@@ -261,7 +338,7 @@ func benchPipeline(ctx context.Context, dbURL, natsURL string, o benchOptions, l
 		}
 	}
 
-	start := time.Now()
+	start, cpu := time.Now(), processCPU()
 	calls, err := sendBatches(ctx, client, base, o, 0)
 	if err != nil {
 		return res, err
@@ -271,6 +348,7 @@ func benchPipeline(ctx context.Context, dbURL, natsURL string, o benchOptions, l
 		return res, err
 	}
 	res.throughput = float64(o.records) / time.Since(start).Seconds()
+	res.cpuPerRecord = readable((processCPU() - cpu) / time.Duration(o.records))
 	res.callP50, res.callP99 = percentiles(calls)
 
 	var p50, p99 float64

@@ -265,3 +265,33 @@ func TestCLIUsageErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestBench runs a small `nomnom bench` end to end: every measurement must
+// complete and be printed with a rate.
+func TestBench(t *testing.T) {
+	dbURL := testutil.NewDatabaseURL(t)
+	getenv := func(k string) string {
+		if k == "DATABASE_URL" {
+			return dbURL
+		}
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	args := []string{"bench", "-records", "600", "-batch", "100", "-worker-batch", "100", "-ready-calls", "50"}
+	if err := run(ctx, args, getenv, strings.NewReader(""), &out, &errOut); err != nil {
+		t.Fatalf("nomnom bench: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
+	}
+	for _, line := range []string{
+		`JetStream async publish \(baseline\)\s+\d+ records/s`,
+		`PostgreSQL unnest upsert, 100/statement \(baseline\)\s+\d+ records/s`,
+		`the pipeline's database work alone, 2 connections\s+\d+ records/s\s+\d+\.\d\d×`,
+		`pipeline end to end \(accepted and stored\)\s+\d+ records/s\s+\d+\.\d\d×`,
+		`\s+CPU of this process per record .*\s+[\d.]+[µm]?s`,
+		`worker alone, draining a backlog\s+\d+ records/s`,
+		`GET /ready latency \(50 calls\)\s+p50 [\d.]+[µm]?s, p99 [\d.]+[µm]?s`,
+	} {
+		mustMatch(t, "bench output", `(?m)^`+line, out.String())
+	}
+}
