@@ -4,7 +4,6 @@
 package envelope
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -52,15 +51,16 @@ func ParseEntity(s string) (Entity, error) {
 	return "", fmt.Errorf("%w %q: want order, customer or product", ErrUnknownEntity, s)
 }
 
-// Infer picks the entity of a JSON object from its keys, most specific first:
-// an order also names its customer, and a line item names a part.
-func Infer(fields map[string]json.RawMessage) (Entity, error) {
+// Infer picks the entity of a JSON object from its top-level keys (has
+// reports whether the object has one), most specific first: an order also
+// names its customer, and a line item names a part.
+func Infer(has func(key string) bool) (Entity, error) {
 	switch {
-	case fields["order_key"] != nil:
+	case has("order_key"):
 		return Order, nil
-	case fields["part_key"] != nil:
+	case has("part_key"):
 		return Product, nil
-	case fields["customer_key"] != nil:
+	case has("customer_key"):
 		return Customer, nil
 	}
 	return "", fmt.Errorf("%w: cannot infer it from the record; give entity_type, or one of order_key, part_key, customer_key", ErrUnknownEntity)

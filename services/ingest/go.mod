@@ -40,6 +40,7 @@ require (
 )
 
 require (
+	github.com/go-json-experiment/json v1.27.2
 	go.uber.org/goleak v1.3.0
 	gopkg.in/yaml.v3 v3.0.1
 )

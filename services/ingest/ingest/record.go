@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/nomnomhq/nomnom/internal/envelope"
 )
@@ -15,39 +19,85 @@ import (
 // errNotObject is returned for valid JSON that is not an object.
 var errNotObject = errors.New("not a JSON object")
 
-// parseObject checks that data is exactly one JSON object and returns its
-// top-level fields, which are enough to pick the entity. The payload itself
-// is kept byte for byte.
-func parseObject(data []byte) (map[string]json.RawMessage, error) {
-	trimmed := bytes.TrimSpace(data)
-	if len(trimmed) == 0 {
-		return nil, errors.New("empty body: want one JSON object")
-	}
-	if trimmed[0] != '{' {
-		var v any
-		if err := json.Unmarshal(trimmed, &v); err != nil {
-			return nil, fmt.Errorf("malformed JSON: %v", err)
-		}
-		return nil, fmt.Errorf("%w: got %s", errNotObject, jsonKind(v))
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(trimmed, &fields); err != nil {
-		return nil, fmt.Errorf("malformed JSON: %v", err)
-	}
-	return fields, nil
+// object is what ingest reads of a record before queueing it: enough to
+// pick its entity. The payload itself is kept byte for byte.
+type object struct {
+	keys       []string       // top-level member names
+	entityType jsontext.Value // the entity_type member's value, if present
 }
 
-func jsonKind(v any) string {
-	switch v.(type) {
-	case []any:
+func (o object) has(key string) bool { return slices.Contains(o.keys, key) }
+
+// parseObject checks that data is exactly one JSON object, strictly (valid
+// UTF-8, no duplicate member names, which the worker's decoder would refuse
+// later anyway), and reads its top-level member names without decoding the
+// values.
+func parseObject(data []byte) (object, error) {
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 {
+		return object{}, errors.New("empty body: want one JSON object")
+	}
+	d := jsontext.NewDecoder(bytes.NewReader(trimmed))
+	if k := d.PeekKind(); k != '{' {
+		if _, err := d.ReadValue(); err != nil {
+			return object{}, malformed(err)
+		}
+		if err := atEnd(d); err != nil {
+			return object{}, err
+		}
+		return object{}, fmt.Errorf("%w: got %s", errNotObject, jsonKind(k))
+	}
+	var obj object
+	if _, err := d.ReadToken(); err != nil {
+		return object{}, malformed(err)
+	}
+	for d.PeekKind() != '}' {
+		tok, err := d.ReadToken()
+		if err != nil {
+			return object{}, malformed(err)
+		}
+		name := tok.String()
+		value, err := d.ReadValue()
+		if err != nil {
+			return object{}, malformed(err)
+		}
+		obj.keys = append(obj.keys, name)
+		if name == "entity_type" {
+			obj.entityType = value.Clone() // value is the decoder's buffer
+		}
+	}
+	if _, err := d.ReadToken(); err != nil {
+		return object{}, malformed(err)
+	}
+	return obj, atEnd(d)
+}
+
+// atEnd checks that nothing but white space follows the value d has read.
+func atEnd(d *jsontext.Decoder) error {
+	if _, err := d.ReadToken(); err != io.EOF {
+		return malformed(fmt.Errorf("more data after the value, at offset %d", d.InputOffset()))
+	}
+	return nil
+}
+
+func malformed(err error) error {
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("malformed JSON: %s", strings.TrimPrefix(err.Error(), "jsontext: "))
+}
+
+func jsonKind(k jsontext.Kind) string {
+	switch k {
+	case '[':
 		return "an array"
-	case string:
+	case '"':
 		return "a string"
-	case float64:
+	case '0':
 		return "a number"
-	case bool:
+	case 't', 'f':
 		return "a boolean"
-	case nil:
+	case 'n':
 		return "null"
 	}
 	return "a scalar"
@@ -55,18 +105,21 @@ func jsonKind(v any) string {
 
 // entityOf picks a record's entity: an "entity_type" field in the record
 // wins, then the hint (query parameter, header or RPC field), then the keys.
-func entityOf(fields map[string]json.RawMessage, hint string) (envelope.Entity, error) {
-	if raw, ok := fields["entity_type"]; ok && string(raw) != "null" {
+func entityOf(obj object, hint string) (envelope.Entity, error) {
+	if obj.entityType != nil && obj.entityType.Kind() != 'n' {
+		if obj.entityType.Kind() != '"' {
+			return "", fmt.Errorf("entity_type must be a string, got %s", obj.entityType)
+		}
 		var name string
-		if err := json.Unmarshal(raw, &name); err != nil {
-			return "", fmt.Errorf("entity_type must be a string, got %s", raw)
+		if err := json.Unmarshal(obj.entityType, &name); err != nil {
+			return "", fmt.Errorf("entity_type must be a string, got %s", obj.entityType)
 		}
 		return envelope.ParseEntity(name)
 	}
 	if strings.TrimSpace(hint) != "" {
 		return envelope.ParseEntity(hint)
 	}
-	return envelope.Infer(fields)
+	return envelope.Infer(obj.has)
 }
 
 // rawPending turns JSON text into a pending record after the checks every
@@ -80,11 +133,11 @@ func (s *Service) rawPending(data []byte, hint, source, idempotencyKey string) (
 	if int64(len(data)) > s.opts.MaxBodyBytes {
 		return pending{}, fmt.Errorf("record is %d bytes, over the %d-byte limit (INGEST_MAX_BODY_BYTES)", len(data), s.opts.MaxBodyBytes)
 	}
-	fields, err := parseObject(data)
+	obj, err := parseObject(data)
 	if err != nil {
 		return pending{}, err
 	}
-	entity, err := entityOf(fields, hint)
+	entity, err := entityOf(obj, hint)
 	if err != nil {
 		return pending{}, err
 	}

@@ -195,6 +195,10 @@ func TestRESTRejectsBadRequests(t *testing.T) {
 	}{
 		{"malformed JSON", "POST", "/ingest/message", nil, `{"order_key":`, 400, "malformed JSON"},
 		{"trailing garbage", "POST", "/ingest/message", nil, `{"order_key":"A"} x`, 400, "malformed JSON"},
+		{"two objects", "POST", "/ingest/message", nil, `{"order_key":"A"}{"order_key":"B"}`, 400, "malformed JSON: more data after the value"},
+		{"duplicate key", "POST", "/ingest/message", nil, `{"order_key":"A","customer_key":"C","order_key":"B"}`, 400, `malformed JSON: duplicate object member name "order_key"`},
+		{"invalid UTF-8", "POST", "/ingest/message", nil, "{\"customer_key\":\"C\xff\"}", 400, `malformed JSON: invalid UTF-8 within "/customer_key"`},
+		{"malformed array", "POST", "/ingest/message", nil, `[{"order_key":"A"}`, 400, "malformed JSON: unexpected EOF"},
 		{"JSON array", "POST", "/ingest/message", nil, `[{"order_key":"A","customer_key":"C"}]`, 400, "not a JSON object: got an array"},
 		{"JSON number", "POST", "/ingest/message", nil, `42`, 400, "not a JSON object: got a number"},
 		{"JSON string", "POST", "/ingest/message", nil, `"order"`, 400, "not a JSON object: got a string"},
