@@ -139,9 +139,9 @@ func EnsureConsumers(ctx context.Context, js jetstream.JetStream, t Topology) (w
 	}
 	poison, err = js.CreateOrUpdateConsumer(ctx, t.AdvisoryStream(), jetstream.ConsumerConfig{
 		Durable:     t.PoisonConsumer(),
-		Description: "nomnom workers: dead-letter messages whose deliveries ran out",
+		Description: "nomnom workers: settle messages whose deliveries ran out",
 		AckPolicy:   jetstream.AckExplicitPolicy,
-		AckWait:     30 * time.Second,
+		AckWait:     t.AckWait,
 		Replicas:    t.replicas(),
 	})
 	if err != nil {

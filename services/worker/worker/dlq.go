@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -135,9 +136,13 @@ type maxDeliveriesAdvisory struct {
 	Deliveries int32  `json:"deliveries"`
 }
 
-// consumePoison dead-letters messages JetStream gave up on: every delivery
-// ended without an ack or nak because the worker crashed or hung on it.
-// The advisories are kept in a stream, so none is missed while no worker runs.
+// consumePoison settles messages JetStream gave up on: every delivery ended
+// without a verdict, because the worker crashed, hung, or was stopped while
+// the message was in flight. Each gets one last attempt alone (a healthy
+// record that merely shared a batch with a poison one is stored), and the
+// one whose last attempt kills the worker too is dead-lettered as poison.
+// The advisories are kept in a stream, so none is missed while no worker
+// runs.
 func (w *Worker) consumePoison(ctx context.Context, cons jetstream.Consumer) error {
 	stream, err := w.js.Stream(ctx, w.topo.Stream)
 	if err != nil {
@@ -162,71 +167,126 @@ func (w *Worker) consumePoison(ctx context.Context, cons jetstream.Consumer) err
 		}
 		cancel()
 		for _, m := range msgs {
-			if err := w.handleAdvisory(context.WithoutCancel(ctx), stream, m.Data()); err != nil {
-				w.log.Error("poison message not dead-lettered yet; will retry", "error", err)
+			err := w.handleAdvisory(context.WithoutCancel(ctx), ctx, stream, m)
+			switch {
+			case errors.Is(err, errStopped):
+				// Handed back during a database outage; the next worker
+				// picks it up.
+			case err != nil:
+				w.log.Error("message out of deliveries not settled yet; will retry", "error", err)
 				_ = m.NakWithDelay(5 * time.Second)
-				continue
+			default:
+				_ = m.Ack()
 			}
-			_ = m.Ack()
 		}
 	}
 	return nil
 }
 
-func (w *Worker) handleAdvisory(ctx context.Context, stream jetstream.Stream, data []byte) error {
+// errStopped reports that the worker stopped while waiting for PostgreSQL;
+// the message was handed back.
+var errStopped = errors.New("worker stopped during a database outage")
+
+// handleAdvisory settles the message of one max-deliveries advisory m: it
+// stores it in a last attempt of its own, or dead-letters it, then removes it
+// from the work queue (which keeps messages its consumer gave up on).
+//
+// The last attempt is announced first by a 'processing' status one attempt
+// past the deliveries; finding that status on a later advisory delivery
+// means the last attempt never finished: the worker died on this message,
+// so it is poison.
+func (w *Worker) handleAdvisory(ctx, stop context.Context, stream jetstream.Stream, m jetstream.Msg) error {
 	var adv maxDeliveriesAdvisory
-	if err := json.Unmarshal(data, &adv); err != nil {
+	if err := json.Unmarshal(m.Data(), &adv); err != nil {
 		w.log.Error("ignoring unreadable advisory", "error", err)
 		return nil
 	}
 	raw, err := stream.GetMsg(ctx, adv.StreamSeq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		w.log.Error("poison message already gone from the stream (max age or bytes); it cannot be dead-lettered",
+		w.log.Error("message out of deliveries already gone from the stream (max age or bytes); it cannot be dead-lettered",
 			"stream_sequence", adv.StreamSeq)
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("read message %d: %w", adv.StreamSeq, err)
 	}
+	defer w.keepAlive([]jetstream.Msg{m})()
 	d := &delivery{data: raw.Data, header: raw.Header, subject: raw.Subject, seq: raw.Sequence, attempt: max(adv.Deliveries, 1)}
 	d.decodePayload()
+	settled := func() error {
+		if err := stream.DeleteMsg(ctx, raw.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("settled, but not removed from stream %s: %w", w.topo.Stream, err)
+		}
+		return nil
+	}
+	if d.err != nil {
+		// Undecodable: the first delivery found that out too, so only the
+		// dead-lettering failed then.
+		return w.deadLetterLast(ctx, failure{d: d, class: ClassPermanent, err: d.err}, settled)
+	}
 	var st store.MessageStatus
-	if d.env != nil {
-		var err error
+	if !w.untilAvailable(ctx, stop, []jetstream.Msg{m}, func() error {
 		st, err = w.store.GetStatus(ctx, d.id)
+		return err
+	}) {
+		return errStopped
+	}
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	gen := d.env.GetReplayCount()
+	lastAttempt := d.attempt + 1
+	if err == nil && st.Generation == gen {
 		switch {
-		case err == nil && st.Status.Terminal() && st.Generation == d.env.GetReplayCount():
-			return nil // settled on its last delivery; only the ack was lost
-		case err != nil && !errors.Is(err, store.ErrNotFound):
-			return err
+		case st.Status.Terminal():
+			return settled() // settled on its last delivery; only the ack was lost
+		case st.Attempt >= lastAttempt:
+			deliveries := d.attempt
+			d.attempt = st.Attempt // the 'dlq' status must outrank the last attempt's 'processing'
+			return w.deadLetterLast(ctx, failure{d: d, class: ClassPoison, err: fmt.Errorf(
+				"the worker stopped without a verdict on each of %d deliveries and on a last attempt alone: it crashes or hangs processing this message", deliveries)}, settled)
 		}
 	}
-	f := failure{d: d, class: ClassPoison, err: fmt.Errorf("no attempt finished in %d deliveries: the worker crashed or timed out processing this message", d.attempt)}
-	if last, ok := lastAttempt(st, d); ok {
-		// The last attempt did finish, with an error, but its dead-lettering
-		// failed: keep that error and class rather than call it poison.
-		f.class, f.err = last.ErrorClass, errors.New(last.Error)
+
+	d.attempt = lastAttempt
+	marker := []store.StatusWrite{d.statusWrite(store.StatusProcessing)}
+	var markErr error
+	if !w.untilAvailable(ctx, stop, []jetstream.Msg{m}, func() error {
+		markErr = w.store.WriteStatuses(ctx, marker)
+		return markErr
+	}) {
+		return errStopped
 	}
+	if markErr != nil {
+		return fmt.Errorf("announce the last attempt: %w", markErr)
+	}
+	if w.opts.BeforeStore != nil {
+		w.opts.BeforeStore(d.env)
+	}
+	var superseded map[uuid.UUID]bool
+	var storeErr error
+	if !w.untilAvailable(ctx, stop, []jetstream.Msg{m}, func() error {
+		superseded, storeErr = w.store.StoreRecords(ctx, []store.Item{d.item()})
+		return storeErr
+	}) {
+		return errStopped
+	}
+	if storeErr != nil {
+		class := ClassTransient
+		if store.Classify(storeErr) == store.Permanent {
+			class = ClassPermanent
+		}
+		return w.deadLetterLast(ctx, failure{d: d, class: class, err: storeErr}, settled)
+	}
+	w.metrics.stored(d, superseded[d.id], w.now())
+	w.log.Warn("stored in a last attempt after its deliveries ran out", "message_id", d.id, "entity_type", d.entity, "deliveries", adv.Deliveries)
+	return settled()
+}
+
+// deadLetterLast dead-letters a message out of deliveries, then settles it.
+func (w *Worker) deadLetterLast(ctx context.Context, f failure, settled func() error) error {
 	if !w.deadLetter(ctx, []failure{f})[0] {
 		return errors.New("dead-letter publish or status write failed")
 	}
-	// The work queue keeps a message the consumer gave up on; it lives on
-	// in the DLQ now, so free its place in the backlog.
-	if err := stream.DeleteMsg(ctx, raw.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		w.log.Warn("dead-lettered, but not removed from the ingest stream", "stream_sequence", raw.Sequence, "error", err)
-	}
-	return nil
-}
-
-// lastAttempt is the recorded failure of the delivery JetStream gave up
-// after, if that delivery got as far as recording one.
-func lastAttempt(st store.MessageStatus, d *delivery) (store.Attempt, bool) {
-	if d.env == nil || len(st.Attempts) == 0 {
-		return store.Attempt{}, false
-	}
-	last := st.Attempts[len(st.Attempts)-1]
-	if last.Generation != d.env.GetReplayCount() || last.Attempt != d.attempt {
-		return store.Attempt{}, false
-	}
-	return last, true
+	return settled()
 }

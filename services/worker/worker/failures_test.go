@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	envelopev1 "github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1"
 	"github.com/nomnomhq/nomnom/internal/envelope"
 	"github.com/nomnomhq/nomnom/internal/natsx"
 	"github.com/nomnomhq/nomnom/internal/store"
@@ -222,10 +223,19 @@ func TestDatabaseOutagePausesWithoutSpendingAttempts(t *testing.T) {
 // restarted after every crash, as Kubernetes would. JetStream gives up after
 // WORKER_MAX_DELIVER deliveries and announces it; the next worker moves the
 // message to the DLQ as poison, while its batch neighbour is stored.
+// TestPoisonMessageIsDeadLetteredAfterCrashes: a record that crashes the
+// worker takes its batch down with it on every delivery, so its neighbours
+// run out of deliveries too. Each then gets a last attempt alone: the
+// neighbours are stored, and only the record that crashes that attempt as
+// well is dead-lettered, as poison.
 func TestPoisonMessageIsDeadLetteredAfterCrashes(t *testing.T) {
 	f := newFixture(t)
-	good := f.publish(envelope.Order, `{"order_key":"NEIGHBOUR","customer_key":"C-1"}`)
+	before := f.publish(envelope.Order, `{"order_key":"NEIGHBOUR-0","customer_key":"C-1"}`)
 	poison := f.publish(envelope.Order, `{"order_key":"POISON","customer_key":"C-1"}`)
+	after := []*envelopev1.Envelope{
+		f.publish(envelope.Order, `{"order_key":"NEIGHBOUR-1","customer_key":"C-1"}`),
+		f.publish(envelope.Customer, `{"customer_key":"NEIGHBOUR-2"}`),
+	}
 	id := uuid.MustParse(poison.GetMessageId())
 
 	crashes := 0
@@ -245,7 +255,13 @@ func TestPoisonMessageIsDeadLetteredAfterCrashes(t *testing.T) {
 	if crashes < f.topo.MaxDeliver {
 		t.Errorf("worker crashed %d times, want at least WORKER_MAX_DELIVER=%d", crashes, f.topo.MaxDeliver)
 	}
-	f.waitStatus(good, store.StatusCompleted, 10*time.Second)
+	for _, good := range append(after, before) {
+		f.waitStatus(good, store.StatusCompleted, 10*time.Second)
+	}
+	var n int
+	if err := f.db.QueryRow(t.Context(), "SELECT count(*) FROM orders WHERE order_key LIKE 'NEIGHBOUR-%'").Scan(&n); err != nil || n != 2 {
+		t.Errorf("neighbour orders stored: %d, %v; want 2", n, err)
+	}
 	entries := f.dlq()
 	if len(entries) != 1 || entries[0].Header.Get(natsx.HeaderErrorClass) != ClassPoison {
 		t.Fatalf("DLQ entries %d, class %q; want one poison entry", len(entries), entries[0].Header.Get(natsx.HeaderErrorClass))
@@ -281,8 +297,11 @@ func runCrashingChild(t *testing.T, f *fixture, poison uuid.UUID) bool {
 	go func() { exited <- cmd.Wait() }()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	giveUp := time.After(30 * time.Second)
 	for {
 		select {
+		case <-giveUp:
+			t.Fatalf("worker child neither crashed nor dead-lettered the poison message in 30s:\n%s", out)
 		case err := <-exited:
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || !strings.Contains(out.String(), "processor crashed") {
@@ -300,5 +319,44 @@ func runCrashingChild(t *testing.T, f *fixture, poison uuid.UUID) bool {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+// TestRestartsDuringAnOutageDoNotDeadLetter: a worker stopped while it waits
+// out a database outage hands its messages back, and JetStream counts each
+// hand-back as a delivery. Restarted often enough during one outage (a
+// rollout, a node drain), a record runs out of deliveries without ever
+// having been tried; it then gets its last attempt, which waits for the
+// database like any other, and is stored, not dead-lettered.
+func TestRestartsDuringAnOutageDoNotDeadLetter(t *testing.T) {
+	f := newFixture(t)
+	f.proxy.Down()
+	env := f.publish(envelope.Customer, `{"customer_key":"PATIENT"}`)
+
+	// One more run than there are deliveries: the last one holds the
+	// record's last attempt when it is stopped.
+	for range f.topo.MaxDeliver + 1 {
+		w, err := New(f.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		testutil.WaitFor(t, 15*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("worker Run: %v", err)
+		}
+	}
+
+	f.proxy.Up()
+	f.start()
+	st := f.waitStatus(env, store.StatusCompleted, 20*time.Second)
+	if st.Attempt != int32(f.topo.MaxDeliver)+1 {
+		t.Errorf("stored on attempt %d, want the last attempt %d", st.Attempt, f.topo.MaxDeliver+1)
+	}
+	if n := len(f.dlq()); n != 0 {
+		t.Errorf("DLQ holds %d entries, want 0", n)
 	}
 }

@@ -93,7 +93,6 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 	start := time.Now()
 	ctx, span := obs.StartBatchSpan(ctx, "worker.store_batch", len(msgs))
 	defer span.End()
-	defer w.keepAlive(msgs)()
 	if span.IsRecording() { // no per-message work while tracing is off
 		for _, m := range msgs {
 			obs.LinkNATS(span, m.Headers())
@@ -166,7 +165,7 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 	w.log.Debug("batch done", "messages", len(msgs), "stored", len(good), "failed", len(failures), "duration", elapsed)
 }
 
-// keepAlive tells JetStream every third of AckWait that the batch is still
+// keepAlive tells JetStream every third of AckWait that the messages are still
 // being worked on, so a slow statement or a stalled connection does not get
 // the messages redelivered (and an attempt spent) under the worker's feet.
 // The returned func stops it.

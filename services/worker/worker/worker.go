@@ -137,10 +137,13 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer, id int) e
 			continue
 		}
 		// A started batch is finished even during shutdown: its messages
-		// are either acknowledged or handed back, never left to time out.
+		// are either acknowledged or handed back, never left to time out,
+		// including the groups still waiting their turn.
+		stopKeepAlive := w.keepAlive(msgs)
 		for _, group := range isolateRedelivered(msgs) {
 			w.process(context.WithoutCancel(ctx), ctx, group)
 		}
+		stopKeepAlive()
 	}
 	return nil
 }
