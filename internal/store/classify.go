@@ -19,8 +19,9 @@ const (
 	// Permanent failures fail the same way every time (a value PostgreSQL
 	// rejects); the record goes to the dead-letter queue at once.
 	Permanent
-	// Unavailable means PostgreSQL cannot be reached; the worker pauses and
-	// retries without spending delivery attempts.
+	// Unavailable means PostgreSQL cannot be reached or refuses every
+	// write for now; the worker pauses and retries without spending
+	// delivery attempts.
 	Unavailable
 )
 
@@ -35,19 +36,22 @@ func (c Class) String() string {
 	}
 }
 
-// Classify maps an error from this package to a Class. An error without a
-// SQLSTATE is taken as the database being unreachable; callers confirm that
-// with Ping before pausing for it.
+// Classify maps an error from this package to a Class.
 func Classify(err error) Class {
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) {
+		// Whatever the reason (refused, wrong password, database not
+		// accepting connections), no record can be written until it
+		// clears, and no record caused it.
+		return Unavailable
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
 		case strings.HasPrefix(pgErr.Code, "22"), strings.HasPrefix(pgErr.Code, "23"):
 			return Permanent // data exception, integrity violation
-		case strings.HasPrefix(pgErr.Code, "08"),
-			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03",
-			pgErr.Code == "53300":
-			return Unavailable // connection lost, server shutting down or starting
+		case refusesAllWrites(pgErr.Code):
+			return Unavailable
 		default:
 			return Transient
 		}
@@ -58,4 +62,40 @@ func Classify(err error) Class {
 	// No SQLSTATE: the statement never got an answer from the server (dial
 	// failed, connection reset or closed mid-statement).
 	return Unavailable
+}
+
+// refusesAllWrites reports SQLSTATEs that say the server cannot take any
+// write now, for reasons that are not the record's: the connection is gone,
+// the server is shutting down or starting, it is a read-only standby (after
+// a failover), it is out of disk, memory or connections, it failed an I/O,
+// privileges were revoked, or the schema is not the one the worker expects.
+func refusesAllWrites(code string) bool {
+	switch {
+	case strings.HasPrefix(code, "08"), // connection exception
+		strings.HasPrefix(code, "28"),  // invalid authorization
+		strings.HasPrefix(code, "53"),  // insufficient resources
+		strings.HasPrefix(code, "57P"), // operator intervention: shutdown, cannot connect now
+		strings.HasPrefix(code, "58"):  // system error (I/O)
+		return true
+	}
+	switch code {
+	case "25006", // read-only SQL transaction
+		"3D000", // database does not exist
+		"42501", // insufficient privilege
+		"42P01", // undefined table
+		"42703": // undefined column
+		return true
+	}
+	return false
+}
+
+// NeedsConfirming reports whether an Unavailable err could also be the
+// statement's own doing: the connection broke with no word from the server,
+// which a statement that crashes its backend causes too. The caller should
+// confirm the outage (Ping) before pausing for it. A failed connect, or a
+// server that said why it refuses, needs no confirming.
+func NeedsConfirming(err error) bool {
+	var connErr *pgconn.ConnectError
+	var pgErr *pgconn.PgError
+	return !errors.As(err, &connErr) && !errors.As(err, &pgErr)
 }

@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
@@ -355,6 +357,47 @@ func TestRestartsDuringAnOutageDoNotDeadLetter(t *testing.T) {
 	st := f.waitStatus(env, store.StatusCompleted, 20*time.Second)
 	if st.Attempt != int32(f.topo.MaxDeliver)+1 {
 		t.Errorf("stored on attempt %d, want the last attempt %d", st.Attempt, f.topo.MaxDeliver+1)
+	}
+	if n := len(f.dlq()); n != 0 {
+		t.Errorf("DLQ holds %d entries, want 0", n)
+	}
+}
+
+// TestDatabaseRefusingConnectionsPauses: PostgreSQL answers but refuses new
+// connections (here ALLOW_CONNECTIONS false; in production also a rotated
+// password or a database being restored). No record is at fault, so the
+// worker pauses instead of spending attempts and dead-lettering them.
+func TestDatabaseRefusingConnectionsPauses(t *testing.T) {
+	f := newFixture(t)
+	// ALTER DATABASE must run from another database.
+	u, err := url.Parse(f.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := strings.TrimPrefix(u.Path, "/")
+	u.Path = "/postgres"
+	admin, err := pgx.Connect(t.Context(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	allow := func(on bool) {
+		t.Helper()
+		if _, err := admin.Exec(context.Background(), fmt.Sprintf(`ALTER DATABASE %s ALLOW_CONNECTIONS %t`, pgx.Identifier{db}.Sanitize(), on)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The worker's pool has no connection yet: its first one is refused.
+	allow(false)
+	t.Cleanup(func() { allow(true) })
+	w := f.start()
+
+	env := f.publish(envelope.Customer, `{"customer_key":"REFUSED"}`)
+	testutil.WaitFor(t, 10*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
+	allow(true)
+	st := f.waitStatus(env, store.StatusCompleted, 20*time.Second)
+	if st.Attempt != 1 {
+		t.Errorf("stored on attempt %d, want 1 (no attempt spent while refused)", st.Attempt)
 	}
 	if n := len(f.dlq()); n != 0 {
 		t.Errorf("DLQ holds %d entries, want 0", n)

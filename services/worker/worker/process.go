@@ -228,7 +228,8 @@ func (w *Worker) isolate(ctx, stop context.Context, msgs []jetstream.Msg, ds []*
 	return stored, superseded, failures, true
 }
 
-// untilAvailable runs op, and while PostgreSQL is unreachable keeps the
+// untilAvailable runs op, and while PostgreSQL is unreachable or refuses
+// every write (a read-only standby after a failover, a full disk) keeps the
 // batch's messages alive (InProgress does not count as a delivery) and
 // retries with backoff. It returns op's last error for the caller's failure
 // handling once the database answers, and false if the worker is stopping
@@ -241,7 +242,7 @@ func (w *Worker) untilAvailable(ctx, stop context.Context, msgs []jetstream.Msg,
 		if err == nil || store.Classify(err) != store.Unavailable {
 			return true
 		}
-		if w.store.Ping(ctx) == nil {
+		if store.NeedsConfirming(err) && w.store.Ping(ctx) == nil {
 			// Reachable: one more try, in case the connection dropped just
 			// then; failing again is not an outage but this op's failure.
 			if retriedReachable {
