@@ -18,7 +18,7 @@ auth=()
 [ -n "${NOMNOM_TOKEN:-}" ] && auth=(-H "Authorization: Bearer ${NOMNOM_TOKEN}")
 
 call() { # call METHOD JSON
-  curl -fsS -X POST "${url}/nomnom.deadletter.v1.DeadLetterService/$1" \
+  curl -sS --fail-with-body -X POST "${url}/nomnom.deadletter.v1.DeadLetterService/$1" \
     -H 'Content-Type: application/json' "${auth[@]}" -d "$2"
 }
 

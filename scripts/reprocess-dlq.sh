@@ -16,13 +16,16 @@ dry=false entity="" class="" ids=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=true ;;
-    --entity) entity=$2; shift ;;
-    --class) class=$2; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --entity) entity=${2:-}; shift ;;
+    --class) class=${2:-}; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     *) ids+=("$1") ;;
   esac
   shift
 done
+case "$entity" in ""|order|customer|product) ;; *) echo "--entity must be order, customer or product, not '$entity'" >&2; exit 2 ;; esac
+case "$class" in ""|permanent|transient|poison) ;; *) echo "--class must be permanent, transient or poison, not '$class'" >&2; exit 2 ;; esac
 
 if [ ${#ids[@]} -gt 0 ]; then
   body=$(jq -cn --argjson dry "$dry" '{message_ids: $ARGS.positional, dry_run: $dry}' --args "${ids[@]}")
@@ -33,7 +36,7 @@ else
   body=$(jq -cn --argjson dry "$dry" --argjson f "$filter" '{filter: $f, dry_run: $dry}')
 fi
 
-resp=$(curl -fsS -X POST "${url}/nomnom.deadletter.v1.DeadLetterService/ReplayDeadLetters" \
+resp=$(curl -sS --fail-with-body -X POST "${url}/nomnom.deadletter.v1.DeadLetterService/ReplayDeadLetters" \
   -H 'Content-Type: application/json' "${auth[@]}" -d "$body")
 echo "$resp" | jq -r '.dryRun as $dry | .outcomes[]? | [.messageId, (if .replayed then (if $dry then "would replay" else "replayed" end) else "refused: " + .error end)] | @tsv'
 echo "$resp" | jq -r '"\(.replayed // 0) replayed, \(.failed // 0) refused" + (if .dryRun then " (dry run)" else "" end)'

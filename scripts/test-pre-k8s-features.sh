@@ -10,13 +10,21 @@ log=$(mktemp)
 pid=""
 # make run runs in its own process group so that stopping it stops the
 # pipeline that `go run` started, not only make.
-cleanup() { [ -n "$pid" ] && kill -- "-$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -f "$log"; }
+cleanup() {
+  local rc=$?
+  if [ -n "$pid" ]; then
+    kill -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  rm -f "$log"
+  exit "$rc"
+}
 trap cleanup EXIT
 
 echo "=== Testing Pre-K8s Features ==="
 if [ -z "$url" ]; then
   url=http://localhost:${PORT:-8080}
-  HTTP_ADDR=":${PORT:-8080}" setsid make -s run >"$log" 2>&1 &
+  HTTP_ADDR="127.0.0.1:${PORT:-8080}" setsid make -s run >"$log" 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do
     curl -fs "$url/ready" >/dev/null 2>&1 && break

@@ -88,6 +88,30 @@ func TestStartNATSFallsBackWhenDefaultPortTaken(t *testing.T) {
 	}
 }
 
+// TestStartNATSLocksItsStore: nats-server does not lock its store, and two
+// servers on one directory corrupt each other's streams (two `make run`s in
+// one checkout), so the second StartNATS refuses, naming the directory, until
+// the first has shut down.
+func TestStartNATSLocksItsStore(t *testing.T) {
+	dir := t.TempDir()
+	first, err := StartNATS(t.Context(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second, err := StartNATS(t.Context(), dir, nil); err == nil {
+		second.Shutdown()
+		t.Fatal("a second StartNATS on the same store succeeded")
+	} else if !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "in use by another process") {
+		t.Errorf("error = %v, want one naming %s as in use", err, dir)
+	}
+	first.Shutdown()
+	again, err := StartNATS(t.Context(), dir, nil)
+	if err != nil {
+		t.Fatalf("StartNATS after the first shut down: %v", err)
+	}
+	again.Shutdown()
+}
+
 func TestStartNATSFailsFastOnTakenPort(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

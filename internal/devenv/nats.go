@@ -22,8 +22,9 @@ const natsReadyTimeout = 10 * time.Second
 
 // Embedded is an in-process nats-server with JetStream enabled.
 type Embedded struct {
-	srv  *server.Server
-	once sync.Once
+	srv    *server.Server
+	unlock func()
+	once   sync.Once
 }
 
 // URL returns the client URL, e.g. nats://127.0.0.1:4222.
@@ -36,6 +37,7 @@ func (e *Embedded) Shutdown() {
 	e.once.Do(func() {
 		e.srv.Shutdown()
 		e.srv.WaitForShutdown()
+		e.unlock()
 	})
 }
 
@@ -47,6 +49,12 @@ func (e *Embedded) Shutdown() {
 func StartNATS(ctx context.Context, storeDir string, logger *slog.Logger) (*Embedded, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
+	}
+	// nats-server does not lock its store; two servers on one directory
+	// corrupt each other's streams.
+	unlock, err := lockDir(storeDir)
+	if err != nil {
+		return nil, fmt.Errorf("nats store: %w", err)
 	}
 	port := DefaultNATSPort
 	if !portFree(DefaultNATSPort) {
@@ -60,8 +68,10 @@ func StartNATS(ctx context.Context, storeDir string, logger *slog.Logger) (*Embe
 		e, err = startNATS(ctx, storeDir, server.RANDOM_PORT, logger)
 	}
 	if err != nil {
+		unlock()
 		return nil, err
 	}
+	e.unlock = unlock
 	return e, nil
 }
 
@@ -88,7 +98,7 @@ func startNATS(ctx context.Context, storeDir string, port int, logger *slog.Logg
 		srv.WaitForShutdown()
 		return nil, fmt.Errorf("start nats on 127.0.0.1:%d (store %s): %w", port, storeDir, err)
 	}
-	return &Embedded{srv: srv}, nil
+	return &Embedded{srv: srv, unlock: func() {}}, nil
 }
 
 // waitReady waits for the client listener. The server reports a failed

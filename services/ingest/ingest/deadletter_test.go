@@ -3,6 +3,7 @@ package ingest_test
 import (
 	"context"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -536,6 +537,43 @@ func TestDeadLetterBadInput(t *testing.T) {
 	}
 	if st := p.waitStatus(id, "dlq"); st.ReplayCount != 0 {
 		t.Errorf("status = %+v, want dlq in generation 0", st)
+	}
+}
+
+// TestConnectJSONRefusesUnknownNames: over Connect JSON (curl, scripts) a
+// misspelt field or an enum value the API does not have is refused with
+// its name, never dropped. Dropped, a misspelt "dryrun" turns a dry run
+// into a purge and an unknown entity filter matches every entry.
+func TestConnectJSONRefusesUnknownNames(t *testing.T) {
+	t.Parallel()
+	p := startPipeline(t, nil)
+	id := p.deadLetter(badOrder).MessageID
+	json := http.Header{"Content-Type": {"application/json"}}
+	for _, tt := range []struct {
+		path, body, wantErr string
+	}{
+		{"/nomnom.deadletter.v1.DeadLetterService/PurgeDeadLetters", `{"filter":{"entity_type":"ENTITY_TYPE_ORDER"},"dryrun":true}`, `unknown field \"dryrun\"`},
+		{"/nomnom.deadletter.v1.DeadLetterService/PurgeDeadLetters", `{"filter":{"entity_type":"ENTITY_TYPE_WIDGET"},"dry_run":true}`, "ENTITY_TYPE_WIDGET"},
+		{"/nomnom.deadletter.v1.DeadLetterService/ReplayDeadLetters", `{"filtr":{"entity_type":"ENTITY_TYPE_ORDER"}}`, `unknown field \"filtr\"`},
+		{"/nomnom.status.v1.StatusService/ListStatuses", `{"statuses":["processing"]}`, "processing"},
+		{"/nomnom.ingest.v1.IngestService/Ingest", `{"record":{"customer":{"customer_key":"C-1"},"idempotency_kye":"k"}}`, `unknown field \"idempotency_kye\"`},
+	} {
+		code, body := p.do(http.MethodPost, tt.path, json, tt.body)
+		if code != http.StatusBadRequest || !strings.Contains(string(body), tt.wantErr) || !strings.Contains(string(body), "invalid_argument") {
+			t.Errorf("POST %s %s = %d %s, want 400 invalid_argument naming %s", tt.path, tt.body, code, body, tt.wantErr)
+		}
+	}
+	// Correct names still work, snake_case as in the protos or camelCase.
+	code, body := p.do(http.MethodPost, "/nomnom.deadletter.v1.DeadLetterService/PurgeDeadLetters", json,
+		`{"filter":{"entity_type":"ENTITY_TYPE_ORDER"},"dryRun":true}`)
+	if code != http.StatusOK || !strings.Contains(string(body), id) {
+		t.Errorf("dry-run purge = %d %s, want 200 naming %s", code, body, id)
+	}
+	if got := messageIDs(listAll(t, p.deadLetterClient(protocols[2]), nil, 0)); !slices.Equal(got, []string{id}) {
+		t.Errorf("dead letters after refused calls = %v, want still [%s]", got, id)
+	}
+	if n := p.publishedCount(); n != 1 {
+		t.Errorf("%s holds %d messages, want 1: refused calls publish nothing", p.cfg.NATSStream, n)
 	}
 }
 

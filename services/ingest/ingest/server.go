@@ -31,11 +31,12 @@ func (s *Service) Handler() http.Handler {
 	// Connect reads a request before interceptors see it, so bound what one
 	// message may cost in memory, authenticated or not.
 	limit := connect.WithReadMaxBytes(int(s.opts.MaxBatchBytes))
-	mux.Handle(ingestv1connect.NewIngestServiceHandler(s, limit,
+	strict := strictJSONCodecs()
+	mux.Handle(ingestv1connect.NewIngestServiceHandler(s, limit, strict,
 		connect.WithInterceptors(interceptor{s: s, access: accessIngest})))
-	mux.Handle(statusv1connect.NewStatusServiceHandler(s, limit,
+	mux.Handle(statusv1connect.NewStatusServiceHandler(s, limit, strict,
 		connect.WithInterceptors(interceptor{s: s, access: accessIngest, validate: true})))
-	mux.Handle(deadletterv1connect.NewDeadLetterServiceHandler(s, limit,
+	mux.Handle(deadletterv1connect.NewDeadLetterServiceHandler(s, limit, strict,
 		connect.WithInterceptors(interceptor{s: s, access: accessAdmin, validate: true})))
 	mux.Handle(grpchealth.NewHandler(healthChecker{s}))
 	reflector := grpcreflect.NewStaticReflector(services...)
