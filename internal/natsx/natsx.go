@@ -61,6 +61,13 @@ func (t Topology) PoisonConsumer() string { return t.Consumer + "_poison" }
 
 func (t Topology) replicas() int { return max(t.Replicas, 1) }
 
+// RecordHeadroom is the room a record's NATS message needs besides the
+// record itself: the envelope's other fields, the publish headers and, once
+// dead-lettered, the error headers (whose error text the worker caps at
+// 2 KiB). A record may be at most the server's max_payload less this, or it
+// could be accepted and then never dead-lettered.
+const RecordHeadroom = 8 << 10
+
 // EnsureStreams creates or updates the ingest, dead-letter and advisory streams.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, t Topology, logger *slog.Logger) error {
 	streams := []jetstream.StreamConfig{

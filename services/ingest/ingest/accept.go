@@ -55,7 +55,14 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 	envs := make([]*envelopev1.Envelope, len(recs))
 	futures := make([]jetstream.PubAckFuture, len(recs))
 	for i, r := range recs {
-		env, err := envelope.New(r.entity, r.payload, now, r.source, r.idempotencyKey)
+		outs[i].Entity = r.entity
+		// Each record of a call gets its own microsecond, in call order, so
+		// that of two records for one key in a call the later one is the
+		// newer and wins in storage. The answer goes out only after every
+		// publish, which takes longer than a microsecond a record, so the
+		// next call's records are newer still.
+		at := now.Add(time.Duration(i) * time.Microsecond)
+		env, err := envelope.New(r.entity, r.payload, at, r.source, r.idempotencyKey)
 		if err != nil {
 			outs[i].Err = err
 			continue

@@ -1,8 +1,10 @@
 package ingest
 
 import (
+	"cmp"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/nomnomhq/nomnom/internal/envelope"
 	"github.com/nomnomhq/nomnom/internal/obs"
 )
 
@@ -23,7 +25,7 @@ func newMetrics() *Metrics {
 		HTTP:     obs.NewHTTPMetrics(reg),
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nomnom_ingest_records_total",
-			Help: "Records offered to ingest, by entity and outcome (accepted, duplicate, failed).",
+			Help: "Records offered to ingest, by entity and outcome: accepted, duplicate, rejected (bad input, answered 4xx) or failed (not queued: JetStream trouble).",
 		}, []string{"entity", "outcome"}),
 		acceptSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "nomnom_ingest_accept_duration_seconds",
@@ -45,6 +47,12 @@ func newMetrics() *Metrics {
 
 // Metrics returns the service's metrics (its registry backs /metrics).
 func (s *Service) Metrics() *Metrics { return s.metrics }
+
+// rejected counts a record refused before anything was published; its
+// entity is "unknown" when the record did not get far enough to tell.
+func (m *Metrics) rejected(e envelope.Entity) {
+	m.records.WithLabelValues(cmp.Or(string(e), "unknown"), "rejected").Inc()
+}
 
 func (m *Metrics) observeAccept(o outcome) {
 	entity := string(o.Entity)

@@ -31,11 +31,15 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	p := startPipeline(t, nil)
 	good := p.post(`{"order_key":"M-1","customer_key":"C-1"}`, nil)
 	bad := p.post(`{"order_key":"M-2","customer_key":null}`, nil)
+	if code, _ := p.do(http.MethodPost, "/ingest/message", nil, `{"order_key":`); code != http.StatusBadRequest {
+		t.Fatalf("malformed record answered %d, want 400", code)
+	}
 	p.waitStatus(good.MessageID, "completed")
 	p.waitStatus(bad.MessageID, "dlq")
 
 	ingestWant := []string{
 		`nomnom_ingest_records_total{entity="order",outcome="accepted"} 2`,
+		`nomnom_ingest_records_total{entity="unknown",outcome="rejected"} 1`,
 		`nomnom_http_requests_total{code="202",route="POST /ingest/message"} 2`,
 		`nomnom_ingest_accept_duration_seconds_count`,
 		`nomnom_db_pool_max_conns`,
@@ -48,6 +52,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		`nomnom_consumer_pending_messages`,
 		`nomnom_consumer_ack_pending_messages`,
 		`nomnom_dlq_messages`,
+		`nomnom_consumer_oldest_pending_seconds 0`, // nothing left unstored
 		`nomnom_worker_paused 0`,
 		`nomnom_db_pool_total_conns`,
 	}

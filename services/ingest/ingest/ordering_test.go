@@ -8,9 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/google/uuid"
 
 	envelopev1 "github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1"
+	ingestv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/ingest/v1"
+	tpchv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/tpch/v1"
 	"github.com/nomnomhq/nomnom/internal/config"
 	"github.com/nomnomhq/nomnom/internal/envelope"
 	"github.com/nomnomhq/nomnom/internal/store"
@@ -156,5 +159,35 @@ func TestNewerRecordWins(t *testing.T) {
 				t.Errorf("newer message status = %s, want completed without a note", data)
 			}
 		})
+	}
+}
+
+// TestLaterRecordInACallWins: versions of one record sent in one call, each
+// with its own idempotency key (so their message ids are hashes, in no
+// order), are stored in call order: the last one sent is the one kept.
+func TestLaterRecordInACallWins(t *testing.T) {
+	t.Parallel()
+	p := startPipeline(t, nil)
+	var recs []*ingestv1.Record
+	for i := range 8 {
+		rec := &ingestv1.Record{
+			Kind:           &ingestv1.Record_Customer{Customer: &tpchv1.Customer{CustomerKey: "IN-CALL", Name: fmt.Sprintf("version %d", i)}},
+			IdempotencyKey: fmt.Sprintf("in-call-%d", i),
+		}
+		recs = append(recs, rec)
+	}
+	resp, err := p.ingestClient(protocols[0]).IngestBatch(t.Context(), connect.NewRequest(&ingestv1.IngestBatchRequest{Records: recs}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range resp.Msg.GetResults() {
+		p.waitStatus(r.GetMessageId(), "completed")
+	}
+	var name string
+	if err := p.db.QueryRow(t.Context(), "SELECT name FROM customers WHERE customer_key = 'IN-CALL'").Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	if name != "version 7" {
+		t.Errorf("customers row holds %q, want the last one sent, %q", name, "version 7")
 	}
 }

@@ -130,8 +130,8 @@ func (s *Service) rawPending(data []byte, hint, source, idempotencyKey string) (
 	if err := checkMeta(source, idempotencyKey); err != nil {
 		return pending{}, err
 	}
-	if int64(len(data)) > s.opts.MaxBodyBytes {
-		return pending{}, fmt.Errorf("record is %d bytes, over the %d-byte limit (INGEST_MAX_BODY_BYTES)", len(data), s.opts.MaxBodyBytes)
+	if err := s.checkSize(data); err != nil {
+		return pending{}, err
 	}
 	obj, err := parseObject(data)
 	if err != nil {
@@ -142,6 +142,14 @@ func (s *Service) rawPending(data []byte, hint, source, idempotencyKey string) (
 		return pending{}, err
 	}
 	return pending{entity: entity, payload: bytes.TrimSpace(data), source: source, idempotencyKey: idempotencyKey}, nil
+}
+
+// checkSize refuses a record over the per-record limit.
+func (s *Service) checkSize(record []byte) error {
+	if int64(len(record)) > s.opts.MaxBodyBytes {
+		return fmt.Errorf("record is %d bytes, over the %d-byte limit (%s)", len(record), s.opts.MaxBodyBytes, s.limitName)
+	}
+	return nil
 }
 
 // Bounds of what a client attaches to a record, from the Record message's

@@ -37,13 +37,15 @@ func entityHint(r *http.Request) string {
 
 // handleMessage serves POST /ingest/message: one JSON object.
 func (s *Service) handleMessage(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(w, r, s.opts.MaxBodyBytes)
+	body, err := readBody(w, r, s.opts.MaxBodyBytes, s.limitName)
 	if err != nil {
+		s.metrics.rejected("")
 		writeBodyError(w, err)
 		return
 	}
 	p, err := s.rawPending(body, entityHint(r), r.Header.Get("X-Source"), r.Header.Get("Idempotency-Key"))
 	if err != nil {
+		s.metrics.rejected("")
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
@@ -84,7 +86,7 @@ type batchJSON struct {
 // fails the others.
 func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	body, err := readBody(w, r, s.opts.MaxBatchBytes)
+	body, err := readBody(w, r, s.opts.MaxBatchBytes, "INGEST_MAX_BATCH_BYTES")
 	if err != nil {
 		writeBodyError(w, err)
 		return
@@ -103,6 +105,7 @@ func (s *Service) handleBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		p, err := s.rawPending(line, hint, source, "")
 		if err != nil {
+			s.metrics.rejected("")
 			resp.Results = append(resp.Results, batchLineJSON{Line: n, Error: err.Error()})
 			continue
 		}
@@ -217,11 +220,13 @@ func statusToJSON(st store.MessageStatus) statusJSON {
 
 var errTooLarge = errors.New("request body too large")
 
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+// readBody reads a request body of at most limit bytes; limitName says what
+// sets the limit.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, limitName string) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	var tooLarge *http.MaxBytesError
 	if errors.As(err, &tooLarge) {
-		return nil, fmt.Errorf("%w: over the %d-byte limit", errTooLarge, limit)
+		return nil, fmt.Errorf("%w: over the %d-byte limit (%s)", errTooLarge, limit, limitName)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read request body: %w", err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nomnomhq/nomnom/internal/config"
 	"github.com/nomnomhq/nomnom/internal/envelope"
+	"github.com/nomnomhq/nomnom/internal/natsx"
 	"github.com/nomnomhq/nomnom/internal/testutil"
 )
 
@@ -426,4 +427,27 @@ func TestRESTPermanentFailureGoesToDLQ(t *testing.T) {
 		return info.NumAckPending == 0 && info.NumPending == 0,
 			fmt.Errorf("consumer has %d unacknowledged and %d pending messages", info.NumAckPending, info.NumPending)
 	})
+}
+
+// TestRecordLimitFitsNATS: the default INGEST_MAX_BODY_BYTES (1 MiB) equals
+// NATS's default max_payload, which a record cannot fill: its envelope and
+// headers need room, and more once dead-lettered. So the limit is lowered
+// to what fits, and a record at that limit, invalid, still reaches the DLQ.
+func TestRecordLimitFitsNATS(t *testing.T) {
+	t.Parallel()
+	p := startPipeline(t, nil)
+	limit := 1<<20 - natsx.RecordHeadroom
+	record := func(size int) string {
+		head := `{"order_key":"BIG","comment":"`
+		return head + strings.Repeat("x", size-len(head)-2) + `"}`
+	}
+	code, body := p.do(http.MethodPost, "/ingest/message", nil, record(limit+1))
+	if code != http.StatusRequestEntityTooLarge || !strings.Contains(string(body), "NATS max_payload") {
+		t.Errorf("record of %d bytes: %d %s, want 413 naming NATS max_payload", limit+1, code, body)
+	}
+	// No customer_key: accepted, then dead-lettered with its error headers.
+	id := p.post(record(limit), nil).MessageID
+	if st := p.waitStatus(id, "dlq"); st.ErrorMessage == nil || !strings.Contains(*st.ErrorMessage, "customer_key") {
+		t.Errorf("status = %+v, want dlq naming customer_key", st)
+	}
 }

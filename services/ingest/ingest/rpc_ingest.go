@@ -23,6 +23,7 @@ const maxBatchRecords = 10000
 func (s *Service) Ingest(ctx context.Context, req *connect.Request[ingestv1.IngestRequest]) (*connect.Response[ingestv1.IngestResponse], error) {
 	p, err := s.recordPending(req.Msg.GetRecord())
 	if err != nil {
+		s.metrics.rejected(p.entity)
 		return nil, rpcerr.Invalid("record: %v", err)
 	}
 	out := s.accept(ctx, []pending{p})[0]
@@ -88,6 +89,7 @@ func (s *Service) ingestRecords(ctx context.Context, recs []*ingestv1.Record) (r
 		results[i] = &ingestv1.IngestResult{Index: int32(i)}
 		p, err := s.recordPending(rec)
 		if err != nil {
+			s.metrics.rejected(p.entity)
 			results[i].Error = err.Error()
 			continue
 		}
@@ -136,7 +138,11 @@ func (s *Service) recordPending(rec *ingestv1.Record) (pending, error) {
 			}
 			hint = string(e)
 		}
-		return s.rawPending([]byte(k.Raw.GetJson()), hint, rec.GetSource(), rec.GetIdempotencyKey())
+		p, err := s.rawPending([]byte(k.Raw.GetJson()), hint, rec.GetSource(), rec.GetIdempotencyKey())
+		if err != nil {
+			return pending{}, fmt.Errorf("raw.json: %w", err)
+		}
+		return p, nil
 	default:
 		return pending{}, errors.New("one of order, customer, product or raw is required")
 	}
@@ -144,11 +150,14 @@ func (s *Service) recordPending(rec *ingestv1.Record) (pending, error) {
 		return pending{}, err
 	}
 	if err := envelope.Validate(typed); err != nil {
-		return pending{}, fmt.Errorf("%s: %w", entity, err)
+		return pending{entity: entity}, fmt.Errorf("%s: %w", entity, err)
 	}
 	payload, err := envelope.EncodeRecord(typed)
 	if err != nil {
 		return pending{}, fmt.Errorf("encode %s: %w", entity, err)
+	}
+	if err := s.checkSize(payload); err != nil {
+		return pending{}, err
 	}
 	return pending{entity: entity, payload: payload, source: rec.GetSource(), idempotencyKey: rec.GetIdempotencyKey()}, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nomnomhq/nomnom/internal/groupcommit"
+	"github.com/nomnomhq/nomnom/internal/natsx"
 	"github.com/nomnomhq/nomnom/internal/store"
 )
 
@@ -45,16 +46,17 @@ type Options struct {
 
 // Service implements the ingest, status and dead-letter APIs.
 type Service struct {
-	opts     Options
-	js       jetstream.JetStream
-	store    *store.Store
-	log      *slog.Logger
-	now      func() time.Time
-	statuses *groupcommit.Committer[store.StatusWrite]
-	metrics  *Metrics
-	ready    atomic.Bool
-	draining chan struct{}
-	drainOne sync.Once
+	opts      Options
+	limitName string // what sets opts.MaxBodyBytes, for errors
+	js        jetstream.JetStream
+	store     *store.Store
+	log       *slog.Logger
+	now       func() time.Time
+	statuses  *groupcommit.Committer[store.StatusWrite]
+	metrics   *Metrics
+	ready     atomic.Bool
+	draining  chan struct{}
+	drainOne  sync.Once
 }
 
 // New checks opts and returns a Service. Call Run to start its background
@@ -73,6 +75,14 @@ func New(opts Options) (*Service, error) {
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 1 << 20
 	}
+	limitName := "INGEST_MAX_BODY_BYTES"
+	if nc := opts.JetStream.Conn(); nc != nil {
+		if fit := nc.MaxPayload() - natsx.RecordHeadroom; fit > 0 && opts.MaxBodyBytes > fit {
+			opts.Logger.Warn("records are limited below INGEST_MAX_BODY_BYTES: a record must fit in one NATS message with its headers",
+				"INGEST_MAX_BODY_BYTES", opts.MaxBodyBytes, "nats_max_payload", nc.MaxPayload(), "record_limit", fit)
+			opts.MaxBodyBytes, limitName = fit, fmt.Sprintf("NATS max_payload %d less %d bytes for headers", nc.MaxPayload(), natsx.RecordHeadroom)
+		}
+	}
 	if opts.MaxBatchBytes < opts.MaxBodyBytes {
 		opts.MaxBatchBytes = 16 * opts.MaxBodyBytes
 	}
@@ -80,13 +90,14 @@ func New(opts Options) (*Service, error) {
 		opts.DLQStream = opts.Stream + "_DLQ"
 	}
 	s := &Service{
-		opts:     opts,
-		js:       opts.JetStream,
-		store:    opts.Store,
-		log:      opts.Logger,
-		now:      opts.Now,
-		metrics:  newMetrics(),
-		draining: make(chan struct{}),
+		opts:      opts,
+		limitName: limitName,
+		js:        opts.JetStream,
+		store:     opts.Store,
+		log:       opts.Logger,
+		now:       opts.Now,
+		metrics:   newMetrics(),
+		draining:  make(chan struct{}),
 	}
 	if s.now == nil {
 		s.now = time.Now

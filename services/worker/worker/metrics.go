@@ -23,6 +23,7 @@ type Metrics struct {
 	ackPending   prometheus.Gauge
 	redelivered  prometheus.Gauge
 	dlqDepth     prometheus.Gauge
+	oldest       prometheus.Gauge
 }
 
 func newMetrics(w *Worker) *Metrics {
@@ -54,9 +55,13 @@ func newMetrics(w *Worker) *Metrics {
 		ackPending:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "nomnom_consumer_ack_pending_messages", Help: "Messages delivered but not yet acknowledged."}),
 		redelivered: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nomnom_consumer_redelivered_messages", Help: "Messages being redelivered."}),
 		dlqDepth:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "nomnom_dlq_messages", Help: "Entries in the dead-letter stream."}),
+		oldest: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "nomnom_consumer_oldest_pending_seconds",
+			Help: "Age of the oldest record not yet stored (0 when none); NATS_MAX_AGE_HOURS deletes it at that age.",
+		}),
 	}
 	reg.MustRegister(m.messages, m.retries, m.deadLettered, m.batchSeconds, m.e2eSeconds,
-		m.pending, m.ackPending, m.redelivered, m.dlqDepth,
+		m.pending, m.ackPending, m.redelivered, m.dlqDepth, m.oldest,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nomnom_worker_paused", Help: "Fetch loops paused because PostgreSQL is unreachable."},
 			func() float64 { return float64(w.paused.Load()) }))
 	return m
@@ -76,7 +81,7 @@ func (m *Metrics) stored(d *delivery, superseded bool, now time.Time) {
 
 // watch refreshes the consumer and dead-letter gauges; reading them on each
 // scrape would put a NATS round trip in every scrape.
-func (m *Metrics) watch(ctx context.Context, cons jetstream.Consumer, dlq func(context.Context) (jetstream.Stream, error)) error {
+func (m *Metrics) watch(ctx context.Context, cons jetstream.Consumer, stream func(context.Context, string) (jetstream.Stream, error), work, dlq string) error {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
@@ -85,7 +90,16 @@ func (m *Metrics) watch(ctx context.Context, cons jetstream.Consumer, dlq func(c
 			m.ackPending.Set(float64(info.NumAckPending))
 			m.redelivered.Set(float64(info.NumRedelivered))
 		}
-		if s, err := dlq(ctx); err == nil {
+		if s, err := stream(ctx, work); err == nil {
+			// The work queue holds only records not yet stored, so its
+			// first message is the oldest of them.
+			age := 0.0
+			if st := s.CachedInfo().State; st.Msgs > 0 {
+				age = max(time.Since(st.FirstTime).Seconds(), 0)
+			}
+			m.oldest.Set(age)
+		}
+		if s, err := stream(ctx, dlq); err == nil {
 			m.dlqDepth.Set(float64(s.CachedInfo().State.Msgs))
 		}
 		select {

@@ -103,9 +103,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return w.consumePoison(gctx, poison) })
 	g.Go(func() error {
-		return w.metrics.watch(gctx, work, func(ctx context.Context) (jetstream.Stream, error) {
-			return w.js.Stream(ctx, w.topo.DLQStream())
-		})
+		return w.metrics.watch(gctx, work, w.js.Stream, w.topo.Stream, w.topo.DLQStream())
 	})
 	w.ready.Store(true)
 	defer w.ready.Store(false)
