@@ -53,7 +53,6 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 	now := s.now().UTC().Truncate(time.Microsecond)
 	outs := make([]outcome, len(recs))
 	envs := make([]*envelopev1.Envelope, len(recs))
-	futures := make([]jetstream.PubAckFuture, len(recs))
 	for i, r := range recs {
 		outs[i].Entity = r.entity
 		// Each record of a call gets its own microsecond, in call order, so
@@ -65,6 +64,16 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 		env, err := envelope.New(r.entity, r.payload, at, r.source, r.idempotencyKey)
 		if err != nil {
 			outs[i].Err = err
+			continue
+		}
+		envs[i] = env
+	}
+	s.knownKeys(ctx, recs, envs, outs)
+
+	futures := make([]jetstream.PubAckFuture, len(recs))
+	for i, r := range recs {
+		env := envs[i]
+		if env == nil || outs[i].Err != nil || outs[i].Duplicate {
 			continue
 		}
 		data, err := envelope.Marshal(env)
@@ -91,7 +100,7 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 			outs[i].Err = fmt.Errorf("publish to jetstream: %w", err)
 			continue
 		}
-		envs[i], futures[i] = env, f
+		futures[i] = f
 	}
 
 	writes := make([]store.StatusWrite, 0, len(recs))
@@ -141,6 +150,41 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 	}
 	s.metrics.acceptSeconds.Observe(time.Since(start).Seconds())
 	return outs
+}
+
+// knownKeys marks records whose idempotency key an earlier call already
+// used as duplicates of it, answered with its message id and time and not
+// published again. JetStream's own deduplication (Nats-Msg-Id) covers only
+// its duplicate window (minutes); the status row covers every retry after
+// it. Should PostgreSQL not answer, JetStream's window is all there is.
+func (s *Service) knownKeys(ctx context.Context, recs []pending, envs []*envelopev1.Envelope, outs []outcome) {
+	var ids []uuid.UUID
+	for i, r := range recs {
+		if r.idempotencyKey != "" && envs[i] != nil {
+			ids = append(ids, uuid.MustParse(envs[i].GetMessageId()))
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	found, err := s.store.GetStatuses(ctx, ids)
+	if err != nil {
+		s.log.WarnContext(ctx, "idempotency keys not checked against stored statuses; only JetStream's duplicate window applies",
+			"error", err, "records", len(ids))
+		return
+	}
+	known := make(map[string]time.Time, len(found))
+	for _, st := range found {
+		known[st.MessageID.String()] = st.ReceivedAt
+	}
+	for i, env := range envs {
+		if env == nil || recs[i].idempotencyKey == "" {
+			continue
+		}
+		if at, ok := known[env.GetMessageId()]; ok {
+			outs[i].MessageID, outs[i].ReceivedAt, outs[i].Duplicate = env.GetMessageId(), at, true
+		}
+	}
 }
 
 // firstReceived answers duplicates with the time the first call was

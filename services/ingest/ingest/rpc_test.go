@@ -3,6 +3,7 @@ package ingest_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -20,6 +21,8 @@ import (
 	statusv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/status/v1"
 	"github.com/nomnomhq/nomnom/gen/go/nomnom/status/v1/statusv1connect"
 	tpchv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/tpch/v1"
+	"github.com/nomnomhq/nomnom/internal/envelope"
+	"github.com/nomnomhq/nomnom/internal/store"
 	"github.com/nomnomhq/nomnom/internal/testutil"
 )
 
@@ -502,5 +505,43 @@ func TestTypedRecordWithImpossibleDateIsRejected(t *testing.T) {
 	_, err := p.ingestClient(protocols[0]).Ingest(t.Context(), connect.NewRequest(&ingestv1.IngestRequest{Record: orderRecord(o)}))
 	if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "order_date") {
 		t.Errorf("Ingest error = %v, want InvalidArgument naming order_date", err)
+	}
+}
+
+// TestIdempotencyKeyOutlivesTheDuplicateWindow: JetStream forgets a
+// Nats-Msg-Id after NATS_DUPLICATE_WINDOW; a retry after that, with the
+// same key, must still be answered as a duplicate of the first call and not
+// be queued again. Here the first call is one whose status row is stored
+// and whose JetStream publish is long forgotten.
+func TestIdempotencyKeyOutlivesTheDuplicateWindow(t *testing.T) {
+	t.Parallel()
+	p := startPipeline(t, nil)
+	first, err := envelope.New(envelope.Customer, []byte(`{"customer_key":"LATE"}`), time.Now().Add(-time.Hour), "test", "late-retry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstAt := first.GetReceivedAt().AsTime().Truncate(time.Microsecond)
+	if err := store.New(p.db).WriteStatuses(t.Context(), []store.StatusWrite{{
+		MessageID: uuid.MustParse(first.GetMessageId()), Entity: envelope.Customer, Status: store.StatusCompleted,
+		ReceivedAt: firstAt, ProcessedAt: firstAt, Attempt: 1,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+
+	rec := customerRecord("LATE")
+	rec.IdempotencyKey = "late-retry"
+	resp, err := p.ingestClient(protocols[0]).Ingest(t.Context(), connect.NewRequest(&ingestv1.IngestRequest{Record: rec}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Msg.GetDuplicate() || resp.Msg.GetMessageId() != first.GetMessageId() || !resp.Msg.GetReceivedAt().AsTime().Equal(firstAt) {
+		t.Errorf("answer %v, want a duplicate of %s received at %s", resp.Msg, first.GetMessageId(), firstAt)
+	}
+	code, body := p.do(http.MethodPost, "/ingest/message", http.Header{"Idempotency-Key": {"late-retry"}}, `{"customer_key":"LATE"}`)
+	if code != http.StatusAccepted || !strings.Contains(string(body), first.GetMessageId()) || !strings.Contains(string(body), `"duplicate":true`) {
+		t.Errorf("REST retry = %d %s, want 202 naming %s as a duplicate", code, body, first.GetMessageId())
+	}
+	if n := p.publishedCount(); n != 0 {
+		t.Errorf("stream holds %d messages, want 0: a known key is not queued again", n)
 	}
 }
