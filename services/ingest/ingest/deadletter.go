@@ -327,6 +327,25 @@ func (s *Service) ReplayDeadLetters(ctx context.Context, req *connect.Request[de
 }
 
 func (s *Service) replay(ctx context.Context, st jetstream.Stream, dl deadLetter, corrected []byte) error {
+	// An entry whose message has moved on to a later generation was
+	// replayed before, by a call that republished it but did not get to
+	// remove the entry. Republishing it again, once JetStream has forgotten
+	// the first republish, would put its stale payload over the one that
+	// replay stored; finishing that replay only takes removing the entry.
+	if id, err := uuid.Parse(dl.env.GetMessageId()); err == nil {
+		status, err := s.store.GetStatus(ctx, id)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("read status: %w", err)
+		}
+		if err == nil && status.Generation > dl.env.GetReplayCount() {
+			if err := st.DeleteMsg(ctx, dl.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				return fmt.Errorf("already replayed, but the entry was not removed (repeat the replay): %w", err)
+			}
+			s.log.InfoContext(ctx, "removed a dead letter replayed before", "message_id", id,
+				"entry_replay_count", dl.env.GetReplayCount(), "status_generation", status.Generation)
+			return nil
+		}
+	}
 	env := proto.CloneOf(dl.env)
 	env.ReplayCount++
 	if corrected != nil {

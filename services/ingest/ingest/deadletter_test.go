@@ -20,6 +20,7 @@ import (
 	tpchv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/tpch/v1"
 	"github.com/nomnomhq/nomnom/internal/config"
 	"github.com/nomnomhq/nomnom/internal/envelope"
+	"github.com/nomnomhq/nomnom/internal/store"
 )
 
 // Records that pass the door (REST checks only JSON shape and entity) and
@@ -739,5 +740,47 @@ func TestReplayIsSafeToRepeat(t *testing.T) {
 	}
 	if n := p.count("SELECT count(*) FROM message_status WHERE message_id = $1", id); n != 1 {
 		t.Errorf("%d status rows for %s, want 1", n, id)
+	}
+}
+
+// TestReplayOfAnEntryReplayedLongAgo: a replay republished a record and
+// reset its status, but the entry's removal failed; much later, after
+// JetStream has forgotten the republish, the operator replays again. The
+// stale entry must only be removed: republished, its old payload would
+// overwrite what the first replay stored.
+func TestReplayOfAnEntryReplayedLongAgo(t *testing.T) {
+	t.Parallel()
+	p := startPipeline(t, nil)
+	c := p.deadLetterClient(protocols[0])
+	id := p.deadLetter(badOrder).MessageID
+	// The first replay's effect, its republish long forgotten by JetStream:
+	// the status row is in generation 1 and the entry is still there.
+	st := p.waitStatus(id, "dlq")
+	receivedAt, err := time.Parse(time.RFC3339Nano, st.ReceivedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.New(p.db).WriteStatuses(t.Context(), []store.StatusWrite{{
+		MessageID: uuid.MustParse(id), Entity: envelope.Order, Status: store.StatusCompleted,
+		ReceivedAt: receivedAt, ProcessedAt: time.Now(), Generation: 1, Attempt: 1,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := c.ReplayDeadLetters(t.Context(), connect.NewRequest(&deadletterv1.ReplayDeadLettersRequest{Filter: orderFilter}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := resp.Msg.GetOutcomes(); len(o) != 1 || o[0].GetMessageId() != id || !o[0].GetReplayed() {
+		t.Errorf("replay = %v, want %s settled", resp.Msg, id)
+	}
+	if n := p.streamMsgs(p.cfg.DLQStream()); n != 0 {
+		t.Errorf("%s holds %d entries, want the stale one removed", p.cfg.DLQStream(), n)
+	}
+	if n := p.publishedCount(); n != 1 {
+		t.Errorf("%s holds %d messages, want 1: the stale entry must not be republished", p.cfg.NATSStream, n)
+	}
+	if st := p.waitStatus(id, "completed"); st.ReplayCount != 1 {
+		t.Errorf("status = %+v, want still completed in generation 1", st)
 	}
 }
