@@ -6,11 +6,11 @@
 -- and a redelivery after completion cannot move the row back.
 INSERT INTO message_status AS t (
     message_id, entity_type, status, received_at, processed_at, retry_count,
-    error_message, source, generation, attempt, rank, dlq_sequence
+    error_message, source, generation, attempt, rank, dlq_sequence, record_sha256
 )
 SELECT u.message_id, u.entity_type, u.status, u.received_at, u.processed_at, u.retry_count,
        NULLIF(u.error_message, ''), NULLIF(u.source, ''), u.generation, u.attempt, u.rank,
-       NULLIF(u.dlq_sequence, 0)
+       NULLIF(u.dlq_sequence, 0), NULLIF(u.record_sha256, ''::bytea)
 FROM (SELECT
     unnest(@message_ids::uuid[]) AS message_id,
     unnest(@entity_types::text[]) AS entity_type,
@@ -23,7 +23,8 @@ FROM (SELECT
     unnest(@generations::int4[]) AS generation,
     unnest(@attempts::int4[]) AS attempt,
     unnest(@ranks::int2[]) AS rank,
-    unnest(@dlq_sequences::int8[]) AS dlq_sequence
+    unnest(@dlq_sequences::int8[]) AS dlq_sequence,
+    unnest(@record_sha256s::bytea[]) AS record_sha256
 ) AS u
 ON CONFLICT (message_id) DO UPDATE SET
     entity_type   = excluded.entity_type,
@@ -37,6 +38,7 @@ ON CONFLICT (message_id) DO UPDATE SET
     attempt       = excluded.attempt,
     rank          = excluded.rank,
     dlq_sequence  = excluded.dlq_sequence,
+    record_sha256 = COALESCE(t.record_sha256, excluded.record_sha256),
     updated_at    = now()
 WHERE excluded.generation > t.generation
    OR (excluded.generation = t.generation

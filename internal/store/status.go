@@ -69,6 +69,9 @@ type StatusWrite struct {
 	Generation  int32 // replay count
 	Attempt     int32 // JetStream delivery count; 0 at ingest
 	DLQSequence uint64
+	// RecordSHA256 fingerprints the accepted record; set by ingest, kept
+	// once stored.
+	RecordSHA256 []byte
 }
 
 func (w StatusWrite) key() [3]int32 { return [3]int32{w.Generation, w.Attempt, int32(w.Status.rank())} }
@@ -96,8 +99,11 @@ type MessageStatus struct {
 	Generation  int32
 	Attempt     int32
 	DLQSequence uint64 // 0 unless status is dlq
-	UpdatedAt   time.Time
-	Attempts    []Attempt
+	// RecordSHA256 fingerprints the record the message was accepted with;
+	// nil where unknown.
+	RecordSHA256 []byte
+	UpdatedAt    time.Time
+	Attempts     []Attempt
 }
 
 // Store reads and writes nomnom's tables.
@@ -178,6 +184,7 @@ func appendStatus(p *dbgen.MessageStatusUpsertManyParams, w StatusWrite) {
 	p.Attempts = append(p.Attempts, 0)
 	p.Ranks = append(p.Ranks, 0)
 	p.DlqSequences = append(p.DlqSequences, 0)
+	p.RecordSha256s = append(p.RecordSha256s, nil)
 	setStatusAt(p, len(p.MessageIds)-1, w)
 }
 
@@ -194,6 +201,7 @@ func setStatusAt(p *dbgen.MessageStatusUpsertManyParams, i int, w StatusWrite) {
 	p.Attempts[i] = w.Attempt
 	p.Ranks[i] = w.Status.rank()
 	p.DlqSequences[i] = int64(w.DLQSequence)
+	p.RecordSha256s[i] = w.RecordSHA256
 }
 
 // RecordFailures writes failed or dead-lettered statuses together with the
@@ -379,18 +387,19 @@ func (s *Store) Stats(ctx context.Context) ([]StatusCount, error) {
 
 func fromRow(r dbgen.MessageStatus) MessageStatus {
 	return MessageStatus{
-		MessageID:   r.MessageID.Bytes,
-		Entity:      envelope.Entity(r.EntityType),
-		Status:      Status(r.Status),
-		ReceivedAt:  r.ReceivedAt.Time,
-		ProcessedAt: r.ProcessedAt.Time,
-		RetryCount:  r.RetryCount,
-		Error:       r.ErrorMessage.String,
-		Source:      r.Source.String,
-		Generation:  r.Generation,
-		Attempt:     r.Attempt,
-		DLQSequence: uint64(r.DlqSequence.Int64),
-		UpdatedAt:   r.UpdatedAt.Time,
+		MessageID:    r.MessageID.Bytes,
+		Entity:       envelope.Entity(r.EntityType),
+		Status:       Status(r.Status),
+		ReceivedAt:   r.ReceivedAt.Time,
+		ProcessedAt:  r.ProcessedAt.Time,
+		RetryCount:   r.RetryCount,
+		Error:        r.ErrorMessage.String,
+		Source:       r.Source.String,
+		Generation:   r.Generation,
+		Attempt:      r.Attempt,
+		DLQSequence:  uint64(r.DlqSequence.Int64),
+		RecordSHA256: r.RecordSha256,
+		UpdatedAt:    r.UpdatedAt.Time,
 	}
 }
 
@@ -433,6 +442,7 @@ func sortStatuses(p *dbgen.MessageStatusUpsertManyParams) {
 		Attempts:      permute(p.Attempts, idx),
 		Ranks:         permute(p.Ranks, idx),
 		DlqSequences:  permute(p.DlqSequences, idx),
+		RecordSha256s: permute(p.RecordSha256s, idx),
 	}
 }
 

@@ -45,7 +45,7 @@ func (q *Queries) MessageStatusCount(ctx context.Context) ([]MessageStatusCountR
 }
 
 const messageStatusGetByID = `-- name: MessageStatusGetByID :one
-SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at FROM message_status WHERE message_id = $1
+SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at, record_sha256 FROM message_status WHERE message_id = $1
 `
 
 func (q *Queries) MessageStatusGetByID(ctx context.Context, messageID pgtype.UUID) (MessageStatus, error) {
@@ -66,12 +66,13 @@ func (q *Queries) MessageStatusGetByID(ctx context.Context, messageID pgtype.UUI
 		&i.DlqSequence,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.RecordSha256,
 	)
 	return i, err
 }
 
 const messageStatusGetMany = `-- name: MessageStatusGetMany :many
-SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at FROM message_status WHERE message_id = ANY($1::uuid[])
+SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at, record_sha256 FROM message_status WHERE message_id = ANY($1::uuid[])
 `
 
 func (q *Queries) MessageStatusGetMany(ctx context.Context, messageIds []pgtype.UUID) ([]MessageStatus, error) {
@@ -98,6 +99,7 @@ func (q *Queries) MessageStatusGetMany(ctx context.Context, messageIds []pgtype.
 			&i.DlqSequence,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.RecordSha256,
 		); err != nil {
 			return nil, err
 		}
@@ -110,7 +112,7 @@ func (q *Queries) MessageStatusGetMany(ctx context.Context, messageIds []pgtype.
 }
 
 const messageStatusList = `-- name: MessageStatusList :many
-SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at FROM message_status
+SELECT message_id, entity_type, status, received_at, processed_at, retry_count, error_message, source, generation, attempt, rank, dlq_sequence, created_at, updated_at, record_sha256 FROM message_status
 WHERE (cardinality($1::text[]) = 0 OR status = ANY($1::text[]))
   AND ($2::text = '' OR entity_type = $2::text)
   AND ($3::timestamptz IS NULL OR received_at >= $3::timestamptz)
@@ -165,6 +167,7 @@ func (q *Queries) MessageStatusList(ctx context.Context, arg MessageStatusListPa
 			&i.DlqSequence,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.RecordSha256,
 		); err != nil {
 			return nil, err
 		}
@@ -179,11 +182,11 @@ func (q *Queries) MessageStatusList(ctx context.Context, arg MessageStatusListPa
 const messageStatusUpsertMany = `-- name: MessageStatusUpsertMany :exec
 INSERT INTO message_status AS t (
     message_id, entity_type, status, received_at, processed_at, retry_count,
-    error_message, source, generation, attempt, rank, dlq_sequence
+    error_message, source, generation, attempt, rank, dlq_sequence, record_sha256
 )
 SELECT u.message_id, u.entity_type, u.status, u.received_at, u.processed_at, u.retry_count,
        NULLIF(u.error_message, ''), NULLIF(u.source, ''), u.generation, u.attempt, u.rank,
-       NULLIF(u.dlq_sequence, 0)
+       NULLIF(u.dlq_sequence, 0), NULLIF(u.record_sha256, ''::bytea)
 FROM (SELECT
     unnest($1::uuid[]) AS message_id,
     unnest($2::text[]) AS entity_type,
@@ -196,7 +199,8 @@ FROM (SELECT
     unnest($9::int4[]) AS generation,
     unnest($10::int4[]) AS attempt,
     unnest($11::int2[]) AS rank,
-    unnest($12::int8[]) AS dlq_sequence
+    unnest($12::int8[]) AS dlq_sequence,
+    unnest($13::bytea[]) AS record_sha256
 ) AS u
 ON CONFLICT (message_id) DO UPDATE SET
     entity_type   = excluded.entity_type,
@@ -210,6 +214,7 @@ ON CONFLICT (message_id) DO UPDATE SET
     attempt       = excluded.attempt,
     rank          = excluded.rank,
     dlq_sequence  = excluded.dlq_sequence,
+    record_sha256 = COALESCE(t.record_sha256, excluded.record_sha256),
     updated_at    = now()
 WHERE excluded.generation > t.generation
    OR (excluded.generation = t.generation
@@ -230,6 +235,7 @@ type MessageStatusUpsertManyParams struct {
 	Attempts      []int32
 	Ranks         []int16
 	DlqSequences  []int64
+	RecordSha256s [][]byte
 }
 
 // Applies many status writes at once. A write replaces the stored row only
@@ -251,6 +257,7 @@ func (q *Queries) MessageStatusUpsertMany(ctx context.Context, arg MessageStatus
 		arg.Attempts,
 		arg.Ranks,
 		arg.DlqSequences,
+		arg.RecordSha256s,
 	)
 	return err
 }

@@ -48,6 +48,7 @@ type MessageStatus struct {
 	DlqSequence  pgtype.Int8
 	CreatedAt    pgtype.Timestamptz
 	UpdatedAt    pgtype.Timestamptz
+	RecordSha256 []byte
 }
 
 type Order struct {

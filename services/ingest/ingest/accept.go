@@ -1,11 +1,14 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,6 +30,22 @@ type pending struct {
 	payload        []byte
 	source         string
 	idempotencyKey string
+	// fingerprint identifies the record, so that a reused idempotency key
+	// can be told from a retry; see knownKeys.
+	fingerprint []byte
+}
+
+// fingerprint hashes a record's bytes for pending.fingerprint.
+func fingerprint(record []byte) []byte {
+	sum := sha256.Sum256(record)
+	return sum[:]
+}
+
+// errKeyReused refuses a record whose idempotency key an earlier call used
+// for a different record: answering it as a duplicate would drop it.
+func errKeyReused(key, firstID string) error {
+	return connect.NewError(connect.CodeAlreadyExists, fmt.Errorf(
+		"idempotency key %q was already used for a different record (message %s); use a new key for a new record", key, firstID))
 }
 
 // outcome is what happened to one pending record.
@@ -123,7 +142,9 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 				dups = append(dups, i)
 				continue
 			}
-			writes = append(writes, acceptedWrite(env, recs[i].entity))
+			w := acceptedWrite(env, recs[i].entity)
+			w.RecordSHA256 = recs[i].fingerprint
+			writes = append(writes, w)
 		case err := <-f.Err():
 			outs[i].Err = fmt.Errorf("publish to jetstream: %w", err)
 		case <-ctx.Done():
@@ -131,7 +152,7 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 		}
 	}
 
-	s.firstReceived(ctx, outs, dups)
+	s.firstReceived(ctx, recs, outs, dups)
 
 	wctx, cancel := context.WithTimeout(ctx, statusWriteTimeout)
 	defer cancel()
@@ -159,10 +180,21 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 // it. Should PostgreSQL not answer, JetStream's window is all there is.
 func (s *Service) knownKeys(ctx context.Context, recs []pending, envs []*envelopev1.Envelope, outs []outcome) {
 	var ids []uuid.UUID
+	firstInCall := map[string]int{}
 	for i, r := range recs {
-		if r.idempotencyKey != "" && envs[i] != nil {
-			ids = append(ids, uuid.MustParse(envs[i].GetMessageId()))
+		if r.idempotencyKey == "" || envs[i] == nil {
+			continue
 		}
+		if j, ok := firstInCall[r.idempotencyKey]; ok {
+			// JetStream keeps the first of the two; a different second
+			// record must not pass for its duplicate.
+			if !bytes.Equal(recs[j].fingerprint, r.fingerprint) {
+				outs[i].Err = errKeyReused(r.idempotencyKey, envs[j].GetMessageId())
+			}
+			continue
+		}
+		firstInCall[r.idempotencyKey] = i
+		ids = append(ids, uuid.MustParse(envs[i].GetMessageId()))
 	}
 	if len(ids) == 0 {
 		return
@@ -173,24 +205,35 @@ func (s *Service) knownKeys(ctx context.Context, recs []pending, envs []*envelop
 			"error", err, "records", len(ids))
 		return
 	}
-	known := make(map[string]time.Time, len(found))
+	known := make(map[string]store.MessageStatus, len(found))
 	for _, st := range found {
-		known[st.MessageID.String()] = st.ReceivedAt
+		known[st.MessageID.String()] = st
 	}
 	for i, env := range envs {
-		if env == nil || recs[i].idempotencyKey == "" {
+		if env == nil || recs[i].idempotencyKey == "" || outs[i].Err != nil {
 			continue
 		}
-		if at, ok := known[env.GetMessageId()]; ok {
-			outs[i].MessageID, outs[i].ReceivedAt, outs[i].Duplicate = env.GetMessageId(), at, true
+		if st, ok := known[env.GetMessageId()]; ok {
+			if reused(st, recs[i]) {
+				outs[i].Err = errKeyReused(recs[i].idempotencyKey, env.GetMessageId())
+				continue
+			}
+			outs[i].MessageID, outs[i].ReceivedAt, outs[i].Duplicate = env.GetMessageId(), st.ReceivedAt, true
 		}
 	}
+}
+
+// reused reports whether the first call with rec's key stored a different
+// record. A row without a fingerprint (written before ingest's) cannot
+// tell, and counts as a retry.
+func reused(first store.MessageStatus, rec pending) bool {
+	return first.RecordSHA256 != nil && rec.fingerprint != nil && !bytes.Equal(first.RecordSHA256, rec.fingerprint)
 }
 
 // firstReceived answers duplicates with the time the first call was
 // accepted, read from its status row; if the row is not there (the first
 // call's status write failed), the retry's own time stands.
-func (s *Service) firstReceived(ctx context.Context, outs []outcome, dups []int) {
+func (s *Service) firstReceived(ctx context.Context, recs []pending, outs []outcome, dups []int) {
 	if len(dups) == 0 {
 		return
 	}
@@ -203,14 +246,20 @@ func (s *Service) firstReceived(ctx context.Context, outs []outcome, dups []int)
 		s.log.WarnContext(ctx, "duplicate: first call's status not readable", "error", err)
 		return
 	}
-	first := make(map[string]time.Time, len(found))
+	first := make(map[string]store.MessageStatus, len(found))
 	for _, st := range found {
-		first[st.MessageID.String()] = st.ReceivedAt
+		first[st.MessageID.String()] = st
 	}
 	for _, i := range dups {
-		if t, ok := first[outs[i].MessageID]; ok {
-			outs[i].ReceivedAt = t
+		st, ok := first[outs[i].MessageID]
+		if !ok {
+			continue
 		}
+		if reused(st, recs[i]) {
+			outs[i] = outcome{Entity: outs[i].Entity, Err: errKeyReused(recs[i].idempotencyKey, outs[i].MessageID)}
+			continue
+		}
+		outs[i].ReceivedAt = st.ReceivedAt
 	}
 }
 

@@ -141,7 +141,8 @@ func (s *Service) rawPending(data []byte, hint, source, idempotencyKey string) (
 	if err != nil {
 		return pending{}, err
 	}
-	return pending{entity: entity, payload: bytes.TrimSpace(data), source: source, idempotencyKey: idempotencyKey}, nil
+	payload := bytes.TrimSpace(data)
+	return pending{entity: entity, payload: payload, source: source, idempotencyKey: idempotencyKey, fingerprint: fingerprint(payload)}, nil
 }
 
 // checkSize refuses a record over the per-record limit.

@@ -259,6 +259,8 @@ func codeName(status int) string {
 		return "payload_too_large"
 	case http.StatusNotFound:
 		return "not_found"
+	case http.StatusConflict:
+		return "already_exists"
 	case http.StatusUnauthorized:
 		return "unauthenticated"
 	case http.StatusForbidden:
@@ -274,7 +276,9 @@ func codeName(status int) string {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // "<token>" in a message, not "\u003ctoken\u003e"
+	_ = enc.Encode(v)
 }
 
 // httpStatus maps a Connect code to the REST status code.
@@ -284,6 +288,8 @@ func httpStatus(code connect.Code) int {
 		return http.StatusBadRequest
 	case connect.CodeNotFound:
 		return http.StatusNotFound
+	case connect.CodeAlreadyExists:
+		return http.StatusConflict
 	case connect.CodeUnauthenticated:
 		return http.StatusUnauthorized
 	case connect.CodePermissionDenied:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ingestv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/ingest/v1"
@@ -159,5 +160,11 @@ func (s *Service) recordPending(rec *ingestv1.Record) (pending, error) {
 	if err := s.checkSize(payload); err != nil {
 		return pending{}, err
 	}
-	return pending{entity: entity, payload: payload, source: rec.GetSource(), idempotencyKey: rec.GetIdempotencyKey()}, nil
+	// The JSON rendering may vary between builds; the deterministic binary
+	// form does not.
+	canonical, err := proto.MarshalOptions{Deterministic: true}.Marshal(typed)
+	if err != nil {
+		return pending{}, fmt.Errorf("encode %s: %w", entity, err)
+	}
+	return pending{entity: entity, payload: payload, source: rec.GetSource(), idempotencyKey: rec.GetIdempotencyKey(), fingerprint: fingerprint(canonical)}, nil
 }

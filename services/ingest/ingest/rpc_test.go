@@ -545,3 +545,61 @@ func TestIdempotencyKeyOutlivesTheDuplicateWindow(t *testing.T) {
 		t.Errorf("stream holds %d messages, want 0: a known key is not queued again", n)
 	}
 }
+
+// TestIdempotencyKeyReusedForAnotherRecord: a key names one record. Sent
+// again with a different record, inside JetStream's duplicate window or
+// after it, the call is refused (409, ALREADY_EXISTS) rather than answered
+// as a duplicate, which would silently drop the new record.
+func TestIdempotencyKeyReusedForAnotherRecord(t *testing.T) {
+	t.Parallel()
+	p := startPipeline(t, nil)
+	key := http.Header{"Idempotency-Key": {"reused"}}
+	first := p.post(`{"customer_key":"REUSED","name":"first"}`, key)
+
+	// Within the window, over REST; the same record again is a duplicate.
+	code, body := p.do(http.MethodPost, "/ingest/message", key, `{"customer_key":"REUSED","name":"second"}`)
+	if code != http.StatusConflict || !strings.Contains(string(body), `"code":"already_exists"`) || !strings.Contains(string(body), first.MessageID) {
+		t.Errorf("same key, other record = %d %s, want 409 already_exists naming %s", code, body, first.MessageID)
+	}
+	if again := p.post(`{"customer_key":"REUSED","name":"first"}`, key); !again.Duplicate || again.MessageID != first.MessageID {
+		t.Errorf("same key, same record = %+v, want a duplicate of %s", again, first.MessageID)
+	}
+
+	// Over RPC, where the stored status row decides (typed records are
+	// fingerprinted in their canonical binary form).
+	ing := p.ingestClient(protocols[0])
+	rec := func(name string) *ingestv1.Record {
+		return &ingestv1.Record{Kind: &ingestv1.Record_Customer{Customer: &tpchv1.Customer{CustomerKey: "REUSED-RPC", Name: name}}, IdempotencyKey: "reused-rpc"}
+	}
+	resp, err := ing.Ingest(t.Context(), connect.NewRequest(&ingestv1.IngestRequest{Record: rec("first")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.waitStatus(resp.Msg.GetMessageId(), "completed")
+	_, err = ing.Ingest(t.Context(), connect.NewRequest(&ingestv1.IngestRequest{Record: rec("second")}))
+	if connect.CodeOf(err) != connect.CodeAlreadyExists {
+		t.Errorf("same key, other typed record: %v, want already_exists", err)
+	}
+	again, err := ing.Ingest(t.Context(), connect.NewRequest(&ingestv1.IngestRequest{Record: rec("first")}))
+	if err != nil || !again.Msg.GetDuplicate() {
+		t.Errorf("same key, same typed record: %v %v, want a duplicate", again, err)
+	}
+	// Two records with one key in one call: the second is refused.
+	batch, err := ing.IngestBatch(t.Context(), connect.NewRequest(&ingestv1.IngestBatchRequest{Records: []*ingestv1.Record{
+		{Kind: &ingestv1.Record_Customer{Customer: &tpchv1.Customer{CustomerKey: "REUSED-CALL", Name: "a"}}, IdempotencyKey: "reused-call"},
+		{Kind: &ingestv1.Record_Customer{Customer: &tpchv1.Customer{CustomerKey: "REUSED-CALL", Name: "b"}}, IdempotencyKey: "reused-call"},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := batch.Msg.GetResults(); r[0].GetError() != "" || !strings.Contains(r[1].GetError(), "already used for a different record") {
+		t.Errorf("IngestBatch results = %v, want the second refused", r)
+	}
+	if n := p.publishedCount(); n != 3 {
+		t.Errorf("stream holds %d messages, want 3 (one per key)", n)
+	}
+	var name string
+	if err := p.db.QueryRow(t.Context(), "SELECT name FROM customers WHERE customer_key = 'REUSED-RPC'").Scan(&name); err != nil || name != "first" {
+		t.Errorf("stored name %q (%v), want the first record's", name, err)
+	}
+}

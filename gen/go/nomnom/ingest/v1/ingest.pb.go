@@ -94,8 +94,9 @@ type Record struct {
 	//	*Record_Product
 	//	*Record_Raw
 	Kind isRecord_Kind `protobuf_oneof:"kind"`
-	// Optional key that makes retries safe: a second call with the same key
-	// within the stream's duplicate window returns the first message_id.
+	// Optional key that makes retries safe: a later call with the same key and
+	// the same record returns the first message_id and queues nothing; one with
+	// the same key and a different record fails with ALREADY_EXISTS.
 	IdempotencyKey string `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Optional producer name, stored with the status.
 	Source        string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`

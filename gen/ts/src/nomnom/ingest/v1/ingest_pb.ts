@@ -94,8 +94,9 @@ export type Record = Message<"nomnom.ingest.v1.Record"> & {
   } | { case: undefined; value?: undefined };
 
   /**
-   * Optional key that makes retries safe: a second call with the same key
-   * within the stream's duplicate window returns the first message_id.
+   * Optional key that makes retries safe: a later call with the same key and
+   * the same record returns the first message_id and queues nothing; one with
+   * the same key and a different record fails with ALREADY_EXISTS.
    *
    * @generated from field: string idempotency_key = 5;
    */
