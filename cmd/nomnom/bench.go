@@ -61,8 +61,12 @@ func runBench(ctx context.Context, args []string, e env) error {
 	fs.IntVar(&o.workerConcurrency, "worker-concurrency", 2, "WORKER_CONCURRENCY for the pipeline run")
 	fs.IntVar(&o.readyCalls, "ready-calls", 5000, "sequential GET /ready calls for its latency")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	fs.Usage = func() {
+		fmt.Fprintln(e.stderr, "usage: nomnom bench [flags]")
+		fs.PrintDefaults()
+	}
+	if _, err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

@@ -230,6 +230,20 @@ func TestCLI(t *testing.T) {
 
 // TestCLIUsageErrors checks the mistakes the CLI catches before calling the
 // server (whose URL here answers nothing).
+// TestCLIHelp: -h on any command shows its usage and succeeds.
+func TestCLIHelp(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"--help"}, {"status", "-h"}, {"send", "--help"}, {"dlq", "--help"}, {"dlq", "list", "-h"}, {"bench", "-h"}, {"dev", "-h"}} {
+		stdout, stderr, err := cli{t: t, url: "http://127.0.0.1:1"}.run("", args...)
+		if err != nil && !errors.Is(err, errHelp) {
+			t.Errorf("nomnom %s: %v, want success", strings.Join(args, " "), err)
+		}
+		if !strings.Contains(strings.ToLower(stdout+stderr), "usage") {
+			t.Errorf("nomnom %s printed no usage:\n%s%s", strings.Join(args, " "), stdout, stderr)
+		}
+	}
+}
+
 func TestCLIUsageErrors(t *testing.T) {
 	t.Parallel()
 	c := cli{t: t, url: "http://127.0.0.1:1"}
@@ -250,6 +264,9 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"dlq purge without ids or --all", []string{"dlq", "purge"}, false, "--all"},
 		{"dlq list with an unknown class", []string{"dlq", "list", "--class", "bad"}, false, "--class"},
 		{"send nothing", []string{"send"}, false, "nothing to send"},
+		{"dlq show without an id", []string{"dlq", "show"}, true, ""},
+		{"status with an unknown flag", []string{"status", "--bogus", id}, true, ""},
+		{"dlq show with a filter flag", []string{"dlq", "show", "--entity", "order", id}, true, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -257,8 +274,8 @@ func TestCLIUsageErrors(t *testing.T) {
 			switch {
 			case tt.usage && !errors.Is(err, errUsage):
 				t.Errorf("error = %v, want errUsage", err)
-			case tt.usage && !strings.Contains(stderr, "usage:"):
-				t.Errorf("stderr does not show the usage:\n%s", stderr)
+			case tt.usage && strings.Count(stderr, "usage") != 1:
+				t.Errorf("stderr does not show the usage exactly once:\n%s", stderr)
 			case !tt.usage && (err == nil || errors.Is(err, errUsage) || !strings.Contains(err.Error(), tt.wantErr)):
 				t.Errorf("error = %v, want one naming %q", err, tt.wantErr)
 			}

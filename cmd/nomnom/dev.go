@@ -25,8 +25,12 @@ func runDev(ctx context.Context, args []string, e env) error {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	dataDir := fs.String("data", ".data", "directory for the embedded JetStream store and a private PostgreSQL cluster")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	fs.Usage = func() {
+		fmt.Fprintln(e.stderr, "usage: nomnom dev [flags]")
+		fs.PrintDefaults()
+	}
+	if _, err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	// Validate everything before starting anything.
 	if _, err := config.Load(e.getenv); err != nil {

@@ -28,18 +28,25 @@ the server has no ADMIN_TOKENS and you call it from its own host.
 `
 
 func runDLQ(ctx context.Context, args []string, e env) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		fmt.Fprint(e.stderr, dlqUsage)
 		return errUsage
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(e.stdout, dlqUsage)
+		return errHelp
 	}
 	sub, rest := args[0], args[1:]
 	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	var cf clientFlags
 	cf.register(fs, e)
-	entity := fs.String("entity", "", "only this entity (order, customer, product)")
-	class := fs.String("class", "", "only this error class (permanent, transient, poison)")
-	since := fs.Duration("since", 0, "only entries dead-lettered within this long (e.g. 1h)")
+	entity, class, since := new(string), new(string), new(time.Duration)
+	if sub != "show" {
+		fs.StringVar(entity, "entity", "", "only this entity (order, customer, product)")
+		fs.StringVar(class, "class", "", "only this error class (permanent, transient, poison)")
+		fs.DurationVar(since, "since", 0, "only entries dead-lettered within this long (e.g. 1h)")
+	}
 	var limit *int
 	var all, dryRun *bool
 	var payload, payloadFile *string
@@ -59,9 +66,15 @@ func runDLQ(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(e.stderr, "unknown subcommand %q\n\n%s", sub, dlqUsage)
 		return errUsage
 	}
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "usage: nomnom dlq %s [flags]%s\n", sub, map[string]string{
+			"show": " MESSAGE_ID", "replay": " MESSAGE_ID... | --all", "purge": " MESSAGE_ID... | --all",
+		}[sub])
+		fs.PrintDefaults()
+	}
 	ids, err := parseFlags(fs, rest)
 	if err != nil {
-		return errUsage
+		return err
 	}
 	filter, ferr := dlqFilter(*entity, *class, *since)
 	if ferr != nil {
@@ -73,7 +86,8 @@ func runDLQ(ctx context.Context, args []string, e env) error {
 		return dlqList(ctx, c, filter, int32(*limit), cf.json, e)
 	case "show":
 		if len(ids) != 1 {
-			return errors.New("usage: nomnom dlq show MESSAGE_ID")
+			fs.Usage()
+			return errUsage
 		}
 		resp, err := c.GetDeadLetter(ctx, connect.NewRequest(&deadletterv1.GetDeadLetterRequest{MessageId: ids[0]}))
 		if err != nil {

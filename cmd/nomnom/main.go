@@ -25,6 +25,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	if errors.Is(err, errHelp) {
+		return
+	}
 	if errors.Is(err, errUsage) {
 		os.Exit(2)
 	}
@@ -34,7 +37,12 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage")
+// errUsage and errHelp end a command whose usage was printed: after a
+// mistake (exit status 2) or on -h (exit status 0).
+var (
+	errUsage = errors.New("usage")
+	errHelp  = errors.New("help")
+)
 
 const usage = `usage: nomnom <command> [flags]
 

@@ -18,8 +18,12 @@ func runPostgres(ctx context.Context, args []string, e env) error {
 	fs := flag.NewFlagSet("postgres", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	dataDir := fs.String("data", ".data/test-postgres", "directory for a private cluster")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	fs.Usage = func() {
+		fmt.Fprintln(e.stderr, "usage: nomnom postgres [flags]")
+		fs.PrintDefaults()
+	}
+	if _, err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	pg, err := devenv.EnsurePostgres(ctx, devenv.PostgresOptions{
 		URL:      e.getenv("DATABASE_URL"),

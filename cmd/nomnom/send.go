@@ -27,7 +27,7 @@ func runSend(ctx context.Context, args []string, e env) error {
 	}
 	records, err := parseFlags(fs, args)
 	if err != nil {
-		return errUsage
+		return err
 	}
 	hint := envelope.Entity("")
 	if *entity != "" {

@@ -24,7 +24,10 @@ func runStatus(ctx context.Context, args []string, e env) error {
 		fs.PrintDefaults()
 	}
 	ids, err := parseFlags(fs, args)
-	if err != nil || len(ids) != 1 {
+	if err != nil {
+		return err
+	}
+	if len(ids) != 1 {
 		fs.Usage()
 		return errUsage
 	}
@@ -69,7 +72,7 @@ func showStatus(w io.Writer, st *statusv1.MessageStatus, asJSON bool) error {
 	fmt.Fprintf(tw, "replay_count\t%d\n", st.GetReplayCount())
 	fmt.Fprintf(tw, "error_message\t%s\n", orDash(st.GetErrorMessage()))
 	for _, a := range st.GetAttempts() {
-		fmt.Fprintf(tw, "attempt %d.%d\t%s %s: %s\n", a.GetGeneration(), a.GetAttempt(),
+		fmt.Fprintf(tw, "failed attempt %d (replay %d)\t%s %s: %s\n", a.GetAttempt(), a.GetGeneration(),
 			formatTime(a.GetFailedAt(), true), a.GetErrorClass(), a.GetError())
 	}
 	if err := tw.Flush(); err != nil {
