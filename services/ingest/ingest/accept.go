@@ -30,8 +30,8 @@ type pending struct {
 	payload        []byte
 	source         string
 	idempotencyKey string
-	// fingerprint identifies the record, so that a reused idempotency key
-	// can be told from a retry; see knownKeys.
+	// fingerprint identifies a keyed record, so that a reused idempotency
+	// key can be told from a retry; see knownKeys. Nil without a key.
 	fingerprint []byte
 }
 
@@ -143,7 +143,9 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 				continue
 			}
 			w := acceptedWrite(env, recs[i].entity)
-			w.RecordSHA256 = recs[i].fingerprint
+			if recs[i].idempotencyKey != "" { // only a keyed record can be sent again
+				w.RecordSHA256 = recs[i].fingerprint
+			}
 			writes = append(writes, w)
 		case err := <-f.Err():
 			outs[i].Err = fmt.Errorf("publish to jetstream: %w", err)

@@ -141,8 +141,11 @@ func (s *Service) rawPending(data []byte, hint, source, idempotencyKey string) (
 	if err != nil {
 		return pending{}, err
 	}
-	payload := bytes.TrimSpace(data)
-	return pending{entity: entity, payload: payload, source: source, idempotencyKey: idempotencyKey, fingerprint: fingerprint(payload)}, nil
+	p := pending{entity: entity, payload: bytes.TrimSpace(data), source: source, idempotencyKey: idempotencyKey}
+	if idempotencyKey != "" {
+		p.fingerprint = fingerprint(p.payload)
+	}
+	return p, nil
 }
 
 // checkSize refuses a record over the per-record limit.

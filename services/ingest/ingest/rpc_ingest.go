@@ -160,11 +160,15 @@ func (s *Service) recordPending(rec *ingestv1.Record) (pending, error) {
 	if err := s.checkSize(payload); err != nil {
 		return pending{}, err
 	}
-	// The JSON rendering may vary between builds; the deterministic binary
-	// form does not.
-	canonical, err := proto.MarshalOptions{Deterministic: true}.Marshal(typed)
-	if err != nil {
-		return pending{}, fmt.Errorf("encode %s: %w", entity, err)
+	p := pending{entity: entity, payload: payload, source: rec.GetSource(), idempotencyKey: rec.GetIdempotencyKey()}
+	if p.idempotencyKey != "" {
+		// The JSON rendering may vary between builds; the deterministic
+		// binary form does not.
+		canonical, err := proto.MarshalOptions{Deterministic: true}.Marshal(typed)
+		if err != nil {
+			return pending{}, fmt.Errorf("encode %s: %w", entity, err)
+		}
+		p.fingerprint = fingerprint(canonical)
 	}
-	return pending{entity: entity, payload: payload, source: rec.GetSource(), idempotencyKey: rec.GetIdempotencyKey(), fingerprint: fingerprint(canonical)}, nil
+	return p, nil
 }
