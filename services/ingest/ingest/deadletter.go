@@ -247,16 +247,32 @@ const maxPerCall = 10000
 
 // selectDeadLetters resolves ids (all must exist, else NotFound naming the
 // missing ones and nothing is done) or scans with a filter.
-func (s *Service) selectDeadLetters(ctx context.Context, st jetstream.Stream, ids []string, f *deadletterv1.DeadLetterFilter) ([]deadLetter, error) {
+//
+// A scan stops after maxPerCall entries that can be handled: a replay or
+// purge removes what it handled, so repeating it continues where it
+// stopped. Entries it cannot handle (skip says why) stay where they are, so
+// they do not count, or enough of them at the head would stall every
+// repeat; the first maxPerCall of them are returned to be reported, and
+// the rest only counted in skipped.
+func (s *Service) selectDeadLetters(ctx context.Context, st jetstream.Stream, ids []string, f *deadletterv1.DeadLetterFilter,
+	skip func(deadLetter) string) (_ []deadLetter, skipped int, _ error) {
 	if len(ids) == 0 {
-		// Bounded per call: a replay or purge removes what it handled, so
-		// repeating it continues where it stopped.
 		var out []deadLetter
+		handled, reported := 0, 0
 		err := s.scan(ctx, f, 1, func(dl deadLetter) bool {
-			out = append(out, dl)
-			return len(out) < maxPerCall
+			switch {
+			case skip(dl) == "":
+				out = append(out, dl)
+				handled++
+			case reported < maxPerCall:
+				out = append(out, dl)
+				reported++
+			default:
+				skipped++
+			}
+			return handled < maxPerCall
 		})
-		return out, err
+		return out, skipped, err
 	}
 	out := make([]deadLetter, 0, len(ids))
 	var missing []string
@@ -267,15 +283,15 @@ func (s *Service) selectDeadLetters(ctx context.Context, st jetstream.Stream, id
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		out = append(out, dl)
 	}
 	if len(missing) > 0 {
-		return nil, connect.NewError(connect.CodeNotFound,
+		return nil, 0, connect.NewError(connect.CodeNotFound,
 			fmt.Errorf("not in the dead-letter queue: %s", strings.Join(missing, ", ")))
 	}
-	return out, nil
+	return out, 0, nil
 }
 
 // ReplayDeadLetters implements nomnom.deadletter.v1.DeadLetterService.ReplayDeadLetters.
@@ -295,19 +311,17 @@ func (s *Service) ReplayDeadLetters(ctx context.Context, req *connect.Request[de
 	if err != nil {
 		return nil, rpcerr.Wrap(err)
 	}
-	entries, err := s.selectDeadLetters(ctx, st, req.Msg.GetMessageIds(), req.Msg.GetFilter())
+	entries, skipped, err := s.selectDeadLetters(ctx, st, req.Msg.GetMessageIds(), req.Msg.GetFilter(), s.unreplayable)
 	if err != nil {
 		return nil, rpcerr.Wrap(err)
 	}
-	resp := &deadletterv1.ReplayDeadLettersResponse{DryRun: req.Msg.GetDryRun()}
+	resp := &deadletterv1.ReplayDeadLettersResponse{DryRun: req.Msg.GetDryRun(), Failed: int32(skipped)}
 	for _, dl := range entries {
 		out := &deadletterv1.ReplayOutcome{MessageId: dl.info.GetMessageId(), ReplayCount: dl.info.GetReplayCount() + 1}
 		resp.Outcomes = append(resp.Outcomes, out)
-		switch {
-		case dl.env == nil:
-			out.Error = "the entry's envelope is unreadable; inspect it with nats stream view and purge it"
-		case int(out.ReplayCount) > s.opts.MaxReplays:
-			out.Error = fmt.Sprintf("replay limit reached: replayed %d times already (DLQ_MAX_REPLAYS=%d)", dl.info.GetReplayCount(), s.opts.MaxReplays)
+		switch why := s.unreplayable(dl); {
+		case why != "":
+			out.Error = why
 		case req.Msg.GetDryRun():
 			out.Replayed = true
 		default:
@@ -324,6 +338,17 @@ func (s *Service) ReplayDeadLetters(ctx context.Context, req *connect.Request[de
 		}
 	}
 	return connect.NewResponse(resp), nil
+}
+
+// unreplayable says why an entry cannot be replayed, or "" if it can.
+func (s *Service) unreplayable(dl deadLetter) string {
+	switch {
+	case dl.env == nil:
+		return "the entry's envelope is unreadable; inspect it with nats stream view and purge it"
+	case int(dl.info.GetReplayCount()) >= s.opts.MaxReplays:
+		return fmt.Sprintf("replay limit reached: replayed %d times already (DLQ_MAX_REPLAYS=%d)", dl.info.GetReplayCount(), s.opts.MaxReplays)
+	}
+	return ""
 }
 
 func (s *Service) replay(ctx context.Context, st jetstream.Stream, dl deadLetter, corrected []byte) error {
@@ -385,7 +410,8 @@ func (s *Service) PurgeDeadLetters(ctx context.Context, req *connect.Request[dea
 	if err != nil {
 		return nil, rpcerr.Wrap(err)
 	}
-	entries, err := s.selectDeadLetters(ctx, st, req.Msg.GetMessageIds(), req.Msg.GetFilter())
+	// Every entry can be purged.
+	entries, _, err := s.selectDeadLetters(ctx, st, req.Msg.GetMessageIds(), req.Msg.GetFilter(), func(deadLetter) string { return "" })
 	if err != nil {
 		return nil, rpcerr.Wrap(err)
 	}
