@@ -73,7 +73,9 @@ func TestDecode(t *testing.T) {
 		{"wrong type", `{"order_key":"O","customer_key":"C","total_price":"cheap"}`, Order, `totalPrice: "cheap"`},
 		{"valid customer", `{"customer_key":"C","account_balance":-10}`, Customer, ""},
 		{"valid product", `{"part_key":"P","retail_price":1.5}`, Product, ""},
-		{"product without key", `{"name":"bolt"}`, Product, "part_key"},
+		{"product without key", `{"name":"bolt"}`, Product, "part_key: value is required"},
+		{"blank key", `{"order_key":"  ","customer_key":"C"}`, Order, "order_key: must contain a non-space character"},
+		{"blank line item part", `{"order_key":"O","customer_key":"C","line_items":[{"line_number":1,"part_key":"\t"}]}`, Order, "line_items[0].part_key: must contain a non-space character"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			rec, err := Decode(tt.entity, []byte(tt.json))

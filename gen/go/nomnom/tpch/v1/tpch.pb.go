@@ -616,10 +616,12 @@ var File_nomnom_tpch_v1_tpch_proto protoreflect.FileDescriptor
 
 const file_nomnom_tpch_v1_tpch_proto_rawDesc = "" +
 	"\n" +
-	"\x19nomnom/tpch/v1/tpch.proto\x12\x0enomnom.tpch.v1\x1a\x1bbuf/validate/validate.proto\"\x86\x05\n" +
-	"\x05Order\x12&\n" +
-	"\torder_key\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\borderKey\x12,\n" +
-	"\fcustomer_key\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\vcustomerKey\x123\n" +
+	"\x19nomnom/tpch/v1/tpch.proto\x12\x0enomnom.tpch.v1\x1a\x1bbuf/validate/validate.proto\"\x9e\x06\n" +
+	"\x05Order\x12r\n" +
+	"\torder_key\x18\x01 \x01(\tBU\xbaHR\xba\x01H\n" +
+	"\rkey.not_blank\x12\"must contain a non-space character\x1a\x13this.matches('\\\\S')\xc8\x01\x01r\x02\x18dR\borderKey\x12x\n" +
+	"\fcustomer_key\x18\x02 \x01(\tBU\xbaHR\xba\x01H\n" +
+	"\rkey.not_blank\x12\"must contain a non-space character\x1a\x13this.matches('\\\\S')\xc8\x01\x01r\x02\x18dR\vcustomerKey\x123\n" +
 	"\forder_status\x18\x03 \x01(\tB\x10\xbaH\rr\vR\x00R\x01OR\x01FR\x01PR\vorderStatus\x128\n" +
 	"\vtotal_price\x18\x04 \x01(\x01B\x17\xbaH\x14\x12\x12\x11\x00\x00@\xe5\x9c0\xa2B)\x00\x00\x00\x00\x00\x00\x00\x00R\n" +
 	"totalPrice\x12E\n" +
@@ -632,11 +634,12 @@ const file_nomnom_tpch_v1_tpch_proto_rawDesc = "" +
 	"\n" +
 	"line_items\x18\n" +
 	" \x03(\v2\x18.nomnom.tpch.v1.LineItemB\t\xbaH\x06\x92\x01\x03\x10\xe8\aR\tlineItems:\x8b\x01\xbaH\x87\x01\x1a\x84\x01\n" +
-	"\x19order.line_numbers_unique\x127line_items[].line_number must be unique within an order\x1a.this.line_items.map(l, l.line_number).unique()\"\x80\x06\n" +
+	"\x19order.line_numbers_unique\x127line_items[].line_number must be unique within an order\x1a.this.line_items.map(l, l.line_number).unique()\"\xcc\x06\n" +
 	"\bLineItem\x12(\n" +
 	"\vline_number\x18\x01 \x01(\x05B\a\xbaH\x04\x1a\x02 \x00R\n" +
-	"lineNumber\x12$\n" +
-	"\bpart_key\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\apartKey\x12*\n" +
+	"lineNumber\x12p\n" +
+	"\bpart_key\x18\x02 \x01(\tBU\xbaHR\xba\x01H\n" +
+	"\rkey.not_blank\x12\"must contain a non-space character\x1a\x13this.matches('\\\\S')\xc8\x01\x01r\x02\x18dR\apartKey\x12*\n" +
 	"\fsupplier_key\x18\x03 \x01(\tB\a\xbaH\x04r\x02\x18dR\vsupplierKey\x123\n" +
 	"\bquantity\x18\x04 \x01(\x01B\x17\xbaH\x14\x12\x12\x11\x00\x00@\xe5\x9c0\xa2B)\x00\x00\x00\x00\x00\x00\x00\x00R\bquantity\x12>\n" +
 	"\x0eextended_price\x18\x05 \x01(\x01B\x17\xbaH\x14\x12\x12\x11\x00\x00@\xe5\x9c0\xa2B)\x00\x00\x00\x00\x00\x00\x00\x00R\rextendedPrice\x123\n" +
@@ -653,9 +656,10 @@ const file_nomnom_tpch_v1_tpch_proto_rawDesc = "" +
 	"\freceipt_date\x18\f \x01(\tB&\xbaH#r!2\x1f^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}$R\vreceiptDate\x12,\n" +
 	"\rship_instruct\x18\r \x01(\tB\a\xbaH\x04r\x02\x18dR\fshipInstruct\x12$\n" +
 	"\tship_mode\x18\x0e \x01(\tB\a\xbaH\x04r\x02\x182R\bshipMode\x12\"\n" +
-	"\acomment\x18\x0f \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\acomment\"\xd7\x02\n" +
-	"\bCustomer\x12,\n" +
-	"\fcustomer_key\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\vcustomerKey\x12\x1c\n" +
+	"\acomment\x18\x0f \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\acomment\"\xa3\x03\n" +
+	"\bCustomer\x12x\n" +
+	"\fcustomer_key\x18\x01 \x01(\tBU\xbaHR\xba\x01H\n" +
+	"\rkey.not_blank\x12\"must contain a non-space character\x1a\x13this.matches('\\\\S')\xc8\x01\x01r\x02\x18dR\vcustomerKey\x12\x1c\n" +
 	"\x04name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x04name\x12\"\n" +
 	"\aaddress\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\xf4\x03R\aaddress\x12&\n" +
 	"\n" +
@@ -663,9 +667,10 @@ const file_nomnom_tpch_v1_tpch_proto_rawDesc = "" +
 	"\x05phone\x18\x05 \x01(\tB\a\xbaH\x04r\x02\x182R\x05phone\x12@\n" +
 	"\x0faccount_balance\x18\x06 \x01(\x01B\x17\xbaH\x14\x12\x12\x11\x00\x00@\xe5\x9c0\xa2B!\x00\x00@\xe5\x9c0\xa2\xc2R\x0eaccountBalance\x12.\n" +
 	"\x0emarket_segment\x18\a \x01(\tB\a\xbaH\x04r\x02\x182R\rmarketSegment\x12\"\n" +
-	"\acomment\x18\b \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\acomment\"\xca\x02\n" +
-	"\aProduct\x12$\n" +
-	"\bpart_key\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18dR\apartKey\x12\x1c\n" +
+	"\acomment\x18\b \x01(\tB\b\xbaH\x05r\x03\x18\xe8\aR\acomment\"\x96\x03\n" +
+	"\aProduct\x12p\n" +
+	"\bpart_key\x18\x01 \x01(\tBU\xbaHR\xba\x01H\n" +
+	"\rkey.not_blank\x12\"must contain a non-space character\x1a\x13this.matches('\\\\S')\xc8\x01\x01r\x02\x18dR\apartKey\x12\x1c\n" +
 	"\x04name\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xc8\x01R\x04name\x12\x1b\n" +
 	"\x04mfgr\x18\x03 \x01(\tB\a\xbaH\x04r\x02\x18dR\x04mfgr\x12\x1d\n" +
 	"\x05brand\x18\x04 \x01(\tB\a\xbaH\x04r\x02\x18dR\x05brand\x12\x1b\n" +
