@@ -261,6 +261,8 @@ func codeName(status int) string {
 		return "not_found"
 	case http.StatusConflict:
 		return "already_exists"
+	case http.StatusMethodNotAllowed:
+		return "method_not_allowed"
 	case http.StatusUnauthorized:
 		return "unauthenticated"
 	case http.StatusForbidden:

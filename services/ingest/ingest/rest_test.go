@@ -217,10 +217,12 @@ func TestRESTRejectsBadRequests(t *testing.T) {
 		{"Idempotency-Key over 200 characters", "POST", "/ingest/message", http.Header{"Idempotency-Key": {strings.Repeat("k", 201)}},
 			`{"customer_key":"C-KEY"}`, 400, "idempotency_key is 201 characters"},
 		{"status of a malformed id", "GET", "/ingest/status/not-a-uuid", nil, "", 400, `"not-a-uuid" is not a UUID`},
+		{"wrong method", "GET", "/ingest/message", nil, "", 405, "GET is not allowed on /ingest/message; use POST"},
+		{"unknown route", "POST", "/ingest/messages", nil, "{}", 404, "no route POST /ingest/messages"},
 		{"status of an unknown id", "GET", "/ingest/status/" + uuid.NewString(), nil, "", 404, "not found"},
 		{"batch of blank lines", "POST", "/ingest/batch", nil, "\n  \n", 400, "empty batch"},
 	}
-	wantCodeName := map[int]string{400: "invalid_argument", 404: "not_found", 413: "payload_too_large"}
+	wantCodeName := map[int]string{400: "invalid_argument", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			code, data := p.do(tt.method, tt.path, tt.header, tt.body)

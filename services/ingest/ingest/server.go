@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
 	"connectrpc.com/connect"
@@ -47,8 +48,42 @@ func (s *Service) Handler() http.Handler {
 		mux.Handle(r.pattern, r.handler(s))
 	}
 	// Outermost, so the metrics see the request the mux records its pattern on.
-	return obs.ExtractHTTP(s.metrics.HTTP.Wrap(mux))
+	return obs.ExtractHTTP(s.metrics.HTTP.Wrap(jsonMisses(mux)))
 }
+
+// jsonMisses answers requests no route takes (404, or 405 for a known path)
+// with the JSON error body every other REST answer has, instead of the
+// mux's plain text.
+func jsonMisses(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		miss := &statusOnly{header: http.Header{}, code: http.StatusOK}
+		h.ServeHTTP(miss, r)
+		switch allow := miss.header.Get("Allow"); {
+		case miss.code == http.StatusMethodNotAllowed:
+			w.Header().Set("Allow", allow)
+			writeError(w, miss.code, fmt.Errorf("%s is not allowed on %s; use %s", r.Method, r.URL.Path, allow))
+		case miss.code == http.StatusNotFound:
+			writeError(w, miss.code, fmt.Errorf("no route %s %s; see /openapi.yaml", r.Method, r.URL.Path))
+		default: // a redirect, say: let the mux answer
+			mux.ServeHTTP(w, r)
+		}
+	})
+}
+
+// statusOnly records the status and headers a handler answers with.
+type statusOnly struct {
+	header http.Header
+	code   int
+}
+
+func (s *statusOnly) Header() http.Header         { return s.header }
+func (s *statusOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (s *statusOnly) WriteHeader(code int)        { s.code = code }
 
 // restRoute is one plain HTTP route of the ingest port.
 type restRoute struct {
