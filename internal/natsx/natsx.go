@@ -29,6 +29,11 @@ const (
 	HeaderReplayCount = "Nomnom-Replay-Count"
 )
 
+// HeaderInterruptedAttempt marks a max-deliveries advisory that a worker put
+// back after being stopped during the last attempt it announced: that
+// attempt ended without a verdict, but not because the message crashed it.
+const HeaderInterruptedAttempt = "Nomnom-Interrupted-Attempt"
+
 // Topology names the streams and consumer and sets their limits.
 type Topology struct {
 	Stream          string        // ingest stream, e.g. MESSAGES

@@ -152,7 +152,8 @@ func (w *Worker) consumePoison(ctx context.Context, cons jetstream.Consumer) err
 	for ctx.Err() == nil {
 		// A fetch bound to ctx ends at once on shutdown.
 		fctx, cancel := context.WithTimeout(ctx, time.Second)
-		batch, err := cons.Fetch(10, jetstream.FetchContext(fctx))
+		// One at a time: the advisory in hand is the one kept alive.
+		batch, err := cons.Fetch(1, jetstream.FetchContext(fctx))
 		if err != nil {
 			cancel()
 			if !sleep(ctx, wait.next()) {
@@ -168,7 +169,10 @@ func (w *Worker) consumePoison(ctx context.Context, cons jetstream.Consumer) err
 		cancel()
 		for _, m := range msgs {
 			err := w.handleAdvisory(context.WithoutCancel(ctx), ctx, stream, m)
+			var interrupted *interruptedError
 			switch {
+			case errors.As(err, &interrupted):
+				w.putBack(ctx, m, interrupted.attempt)
 			case errors.Is(err, errStopped):
 				// Handed back during a database outage; the next worker
 				// picks it up.
@@ -186,6 +190,31 @@ func (w *Worker) consumePoison(ctx context.Context, cons jetstream.Consumer) err
 // errStopped reports that the worker stopped while waiting for PostgreSQL;
 // the message was handed back.
 var errStopped = errors.New("worker stopped during a database outage")
+
+// interruptedError reports that the worker stopped during a database outage
+// after announcing a last attempt, which thus ended without a verdict.
+type interruptedError struct{ attempt int32 }
+
+func (e *interruptedError) Error() string {
+	return fmt.Sprintf("worker stopped during a database outage in last attempt %d", e.attempt)
+}
+
+// putBack replaces an advisory whose last attempt was interrupted by a copy
+// saying so, so the next worker makes a new last attempt instead of taking
+// the unfinished one for a crash. Should that fail, the advisory is handed
+// back as it is.
+func (w *Worker) putBack(ctx context.Context, m jetstream.Msg, attempt int32) {
+	msg := &nats.Msg{Subject: m.Subject(), Data: m.Data(), Header: nats.Header{}}
+	msg.Header.Set(natsx.HeaderInterruptedAttempt, strconv.Itoa(int(attempt)))
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := w.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(w.topo.AdvisoryStream())); err != nil {
+		w.log.Warn("interrupted last attempt not recorded; the next worker may take it for a crash", "error", err)
+		_ = m.Nak()
+		return
+	}
+	_ = m.Ack()
+}
 
 // handleAdvisory settles the message of one max-deliveries advisory m: it
 // stores it in a last attempt of its own, or dead-letters it, then removes it
@@ -236,10 +265,19 @@ func (w *Worker) handleAdvisory(ctx, stop context.Context, stream jetstream.Stre
 	}
 	gen := d.env.GetReplayCount()
 	lastAttempt := d.attempt + 1
+	interrupted, _ := strconv.Atoi(m.Headers().Get(natsx.HeaderInterruptedAttempt))
+	if err == nil && st.Generation > gen {
+		// Dead-lettered (its ack lost) and replayed since: the replay
+		// carries the record on. Storing this older generation would put
+		// the payload the replay may have corrected back.
+		return settled()
+	}
 	if err == nil && st.Generation == gen {
 		switch {
 		case st.Status.Terminal():
 			return settled() // settled on its last delivery; only the ack was lost
+		case interrupted > 0 && st.Attempt == int32(interrupted):
+			lastAttempt = st.Attempt + 1 // a worker was stopped in the last one; try again
 		case st.Attempt >= lastAttempt:
 			deliveries := d.attempt
 			d.attempt = st.Attempt // the 'dlq' status must outrank the last attempt's 'processing'
@@ -265,11 +303,13 @@ func (w *Worker) handleAdvisory(ctx, stop context.Context, stream jetstream.Stre
 	}
 	var superseded map[uuid.UUID]bool
 	var storeErr error
-	if !w.untilAvailable(ctx, stop, []jetstream.Msg{m}, func() error {
+	// No messages to hand back on a stop: the advisory is put back with a
+	// note instead (see putBack); keepAlive holds it meanwhile.
+	if !w.untilAvailable(ctx, stop, nil, func() error {
 		superseded, storeErr = w.store.StoreRecords(ctx, []store.Item{d.item()})
 		return storeErr
 	}) {
-		return errStopped
+		return &interruptedError{attempt: d.attempt}
 	}
 	if storeErr != nil {
 		class := ClassTransient

@@ -403,3 +403,137 @@ func TestDatabaseRefusingConnectionsPauses(t *testing.T) {
 		t.Errorf("DLQ holds %d entries, want 0", n)
 	}
 }
+
+// TestStopDuringTheLastAttemptIsNotACrash: the last attempt of a message
+// out of deliveries waits for the database like any other, and a worker
+// stopped meanwhile puts the advisory back noting so. The next worker
+// makes a new last attempt instead of taking the unfinished one for a
+// crash and dead-lettering a healthy record as poison.
+func TestStopDuringTheLastAttemptIsNotACrash(t *testing.T) {
+	f := newFixture(t)
+	// Status rows can be written but customers cannot, as when a
+	// migration is half applied: the worker pauses, no record is at fault.
+	if _, err := f.db.Exec(t.Context(), `ALTER TABLE customers RENAME COLUMN name TO name_moved`); err != nil {
+		t.Fatal(err)
+	}
+	env := f.publish(envelope.Customer, `{"customer_key":"INTERRUPTED","name":"Ann"}`)
+
+	// MaxDeliver runs spend the deliveries; the two after them are each
+	// stopped inside a last attempt.
+	for range f.topo.MaxDeliver + 2 {
+		w, err := New(f.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		testutil.WaitFor(t, 15*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("worker Run: %v", err)
+		}
+	}
+
+	if _, err := f.db.Exec(t.Context(), `ALTER TABLE customers RENAME COLUMN name_moved TO name`); err != nil {
+		t.Fatal(err)
+	}
+	f.start()
+	st := f.waitStatus(env, store.StatusCompleted, 20*time.Second)
+	// How many last attempts were interrupted depends on whether a stopping
+	// worker had already picked up the advisory; at least the two after
+	// the deliveries were.
+	if min := int32(f.topo.MaxDeliver) + 3; st.Attempt < min {
+		t.Errorf("stored on attempt %d, want at least %d (deliveries, two interrupted last attempts, then one more)", st.Attempt, min)
+	}
+	if n := len(f.dlq()); n != 0 {
+		t.Errorf("DLQ holds %d entries, want 0", n)
+	}
+}
+
+// TestOutOfDeliveriesAfterAReplayIsNotStored: a message ran out of
+// deliveries while its record was dead-lettered and replayed in the
+// meantime (its ack lost). The replay carries the record on, so the old
+// generation is dropped, never stored over what the replay stored.
+func TestOutOfDeliveriesAfterAReplayIsNotStored(t *testing.T) {
+	f := newFixture(t)
+	f.proxy.Down()
+	env := f.publish(envelope.Customer, `{"customer_key":"OLD-GEN","name":"old"}`)
+	for range f.topo.MaxDeliver {
+		w, err := New(f.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		testutil.WaitFor(t, 15*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("worker Run: %v", err)
+		}
+	}
+	// Meanwhile the record was replayed and stored as generation 1.
+	id := uuid.MustParse(env.GetMessageId())
+	if err := f.store.WriteStatuses(t.Context(), []store.StatusWrite{{
+		MessageID: id, Entity: envelope.Customer, Status: store.StatusCompleted,
+		ReceivedAt: env.GetReceivedAt().AsTime(), ProcessedAt: time.Now(), Generation: 1, Attempt: 1,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+
+	f.proxy.Up()
+	f.start()
+	testutil.WaitFor(t, 20*time.Second, func() (bool, error) {
+		s, err := f.js.Stream(t.Context(), f.topo.Stream)
+		return err == nil && s.CachedInfo().State.Msgs == 0, err
+	})
+	var n int
+	if err := f.db.QueryRow(t.Context(), `SELECT count(*) FROM customers WHERE customer_key = 'OLD-GEN'`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("customers rows for the old generation: %d (%v), want 0", n, err)
+	}
+	if st, err := f.store.GetStatus(t.Context(), id); err != nil || st.Generation != 1 || st.Status != store.StatusCompleted {
+		t.Errorf("status = %+v, %v; want still completed in generation 1", st, err)
+	}
+	if n := len(f.dlq()); n != 0 {
+		t.Errorf("DLQ holds %d entries, want 0", n)
+	}
+}
+
+// TestRedeliveryAfterAReplayIsNotStored: the same as above for a message
+// still within its deliveries.
+func TestRedeliveryAfterAReplayIsNotStored(t *testing.T) {
+	f := newFixture(t)
+	f.proxy.Down()
+	env := f.publish(envelope.Customer, `{"customer_key":"OLD-REDELIVERY","name":"old"}`)
+	w, err := New(f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	testutil.WaitFor(t, 15*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("worker Run: %v", err)
+	}
+	id := uuid.MustParse(env.GetMessageId())
+	if err := f.store.WriteStatuses(t.Context(), []store.StatusWrite{{
+		MessageID: id, Entity: envelope.Customer, Status: store.StatusCompleted,
+		ReceivedAt: env.GetReceivedAt().AsTime(), ProcessedAt: time.Now(), Generation: 1, Attempt: 1,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+
+	f.proxy.Up()
+	f.start()
+	testutil.WaitFor(t, 20*time.Second, func() (bool, error) {
+		s, err := f.js.Stream(t.Context(), f.topo.Stream)
+		return err == nil && s.CachedInfo().State.Msgs == 0, err
+	})
+	var n int
+	if err := f.db.QueryRow(t.Context(), `SELECT count(*) FROM customers WHERE customer_key = 'OLD-REDELIVERY'`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("customers rows for the old generation: %d (%v), want 0", n, err)
+	}
+}

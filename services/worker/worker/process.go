@@ -114,6 +114,19 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 		good = append(good, d)
 	}
 
+	// A redelivery (alone in its group) may be of a record that was
+	// dead-lettered, its ack lost, and replayed since: the replay carries
+	// it on, and storing the older generation would put back the payload
+	// the replay may have corrected.
+	if d := ds[0]; len(ds) == 1 && d.attempt > 1 && d.err == nil {
+		if st, err := w.store.GetStatus(ctx, d.id); err == nil && st.Generation > d.env.GetReplayCount() {
+			w.log.Info("dropping a redelivery of a replayed record's older generation", "message_id", d.id,
+				"generation", d.env.GetReplayCount(), "status_generation", st.Generation)
+			_ = d.msg.Ack()
+			return
+		}
+	}
+
 	// 'processing' is visible while the batch is stored. It is written
 	// alongside the store transaction rather than before it: status writes
 	// are order-free, so whichever commits first, the row ends 'completed'.
