@@ -162,6 +162,8 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 		s.metrics.statusWriteFailures.Add(float64(len(writes)))
 		s.log.WarnContext(ctx, "accepted status not written; the worker will write it when it processes the messages",
 			"error", err, "messages", len(writes))
+	} else if err := s.store.SetFingerprints(wctx, writes); err != nil {
+		s.log.WarnContext(ctx, "idempotency key fingerprints not stored; a reused key will pass for a retry", "error", err)
 	}
 	debug := s.log.Enabled(ctx, slog.LevelDebug)
 	for _, o := range outs {
