@@ -16,7 +16,7 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 run: ## start PostgreSQL (if needed), JetStream, ingest and worker in one process
-	go run ./cmd/nomnom dev
+	go run ./cmd/nomnom dev --stop-with-parent
 
 # The TypeScript client's test runs inside go test (cmd/nomnom,
 # TestTypeScriptClient) against a pipeline it starts, with gen/ts's

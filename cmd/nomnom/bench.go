@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"runtime/pprof"
 	"slices"
@@ -95,15 +96,24 @@ func runBench(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	defer natsSrv.Shutdown()
+	// A database of its own, also on DATABASE_URL's server: the bench
+	// truncates the tables it fills.
 	dbName := fmt.Sprintf("nomnom_bench_%d", os.Getpid())
-	pg, err := devenv.EnsurePostgres(ctx, devenv.PostgresOptions{URL: e.getenv("DATABASE_URL"), DataDir: ".data/postgres", Database: dbName, Logger: quiet})
+	serverURL := e.getenv("DATABASE_URL")
+	if serverURL != "" {
+		u, err := url.Parse(serverURL)
+		if err != nil || u.Scheme == "" {
+			return errors.New("DATABASE_URL: nomnom bench needs a postgres:// URL, to create its own database on that server")
+		}
+		u.Path = "/" + dbName
+		serverURL = u.String()
+	}
+	pg, err := devenv.EnsurePostgres(ctx, devenv.PostgresOptions{URL: serverURL, DataDir: ".data/postgres", Database: dbName, Logger: quiet})
 	if err != nil {
 		return err
 	}
 	defer pg.Stop()
-	if e.getenv("DATABASE_URL") == "" {
-		defer dropDatabase(pg.URL(), dbName)
-	}
+	defer dropDatabase(pg.URL(), dbName)
 	fmt.Fprintf(out, "nomnom bench: %d records of ~%d bytes; %s; embedded JetStream\n\n", o.records, len(benchRecord(0)), pg.Where())
 
 	pubRate, err := benchPublish(ctx, natsSrv.URL(), o)

@@ -284,9 +284,10 @@ func TestCLIUsageErrors(t *testing.T) {
 }
 
 // TestBench runs a small `nomnom bench` end to end: every measurement must
-// complete and be printed with a rate.
+// complete and be printed with a rate. Given the test server, the bench
+// creates a database of its own there and drops it.
 func TestBench(t *testing.T) {
-	dbURL := testutil.NewDatabaseURL(t)
+	dbURL := testutil.ServerURL()
 	getenv := func(k string) string {
 		if k == "DATABASE_URL" {
 			return dbURL
@@ -299,6 +300,10 @@ func TestBench(t *testing.T) {
 	args := []string{"bench", "-records", "600", "-batch", "100", "-worker-batch", "100", "-ready-calls", "50"}
 	if err := run(ctx, args, getenv, strings.NewReader(""), &out, &errOut); err != nil {
 		t.Fatalf("nomnom bench: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
+	}
+	var left int
+	if err := testutil.NewDatabase(t).QueryRow(ctx, `SELECT count(*) FROM pg_database WHERE datname LIKE 'nomnom\_bench\_%'`).Scan(&left); err != nil || left != 0 {
+		t.Errorf("%d bench databases left behind (%v), want 0", left, err)
 	}
 	for _, line := range []string{
 		`JetStream async publish \(baseline\)\s+\d+ records/s`,

@@ -25,12 +25,16 @@ func runDev(ctx context.Context, args []string, e env) error {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	dataDir := fs.String("data", ".data", "directory for the embedded JetStream store and a private PostgreSQL cluster")
+	withParent := fs.Bool("stop-with-parent", false, "shut down when the parent process dies (make run sets it, so stopping make stops the pipeline)")
 	fs.Usage = func() {
 		fmt.Fprintln(e.stderr, "usage: nomnom dev [flags]")
 		fs.PrintDefaults()
 	}
 	if _, err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *withParent {
+		stopWithParent()
 	}
 	// Validate everything before starting anything.
 	if _, err := config.Load(e.getenv); err != nil {

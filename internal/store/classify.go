@@ -67,19 +67,20 @@ func Classify(err error) Class {
 // refusesAllWrites reports SQLSTATEs that say the server cannot take any
 // write now, for reasons that are not the record's: the connection is gone,
 // the server is shutting down or starting, it is a read-only standby (after
-// a failover), it is out of disk, memory or connections, it failed an I/O,
+// a failover), it is out of disk or connections, it failed an I/O,
 // privileges were revoked, or the schema is not the one the worker expects.
 func refusesAllWrites(code string) bool {
 	switch {
 	case strings.HasPrefix(code, "08"), // connection exception
 		strings.HasPrefix(code, "28"),  // invalid authorization
-		strings.HasPrefix(code, "53"),  // insufficient resources
 		strings.HasPrefix(code, "57P"), // operator intervention: shutdown, cannot connect now
 		strings.HasPrefix(code, "58"):  // system error (I/O)
 		return true
 	}
 	switch code {
-	case "25006", // read-only SQL transaction
+	case "53100", // disk full
+		"53300", // too many connections
+		"25006", // read-only SQL transaction
 		"3D000", // database does not exist
 		"42501", // insufficient privilege
 		"42P01", // undefined table

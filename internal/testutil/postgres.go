@@ -55,14 +55,19 @@ func NewDatabaseURL(t testing.TB) string {
 	return pgtestdb.Custom(t, conf, migrator{}).URL()
 }
 
+// ServerURL is the test server's admin URL: TEST_DATABASE_URL or the
+// default. For a test of code that creates and drops databases of its own.
+func ServerURL() string {
+	if raw := os.Getenv("TEST_DATABASE_URL"); raw != "" {
+		return raw
+	}
+	return defaultServerURL
+}
+
 // serverConfig turns TEST_DATABASE_URL (or the default) into pgtestdb's
 // connection settings.
 func serverConfig() (pgtestdb.Config, error) {
-	raw := os.Getenv("TEST_DATABASE_URL")
-	if raw == "" {
-		raw = defaultServerURL
-	}
-	u, err := url.Parse(raw)
+	u, err := url.Parse(ServerURL())
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		// url.Parse errors quote the input, password included.
 		return pgtestdb.Config{}, fmt.Errorf("TEST_DATABASE_URL must be a postgres:// URL")
