@@ -319,7 +319,18 @@ func (s *Service) ReplayDeadLetters(ctx context.Context, req *connect.Request[de
 	for _, dl := range entries {
 		out := &deadletterv1.ReplayOutcome{MessageId: dl.info.GetMessageId(), ReplayCount: dl.info.GetReplayCount() + 1}
 		resp.Outcomes = append(resp.Outcomes, out)
+		stale, err := s.replayedBefore(ctx, dl)
 		switch why := s.unreplayable(dl); {
+		case err != nil:
+			out.Error = err.Error()
+		case stale:
+			// Whatever the limit says: this replay already happened.
+			out.Replayed = true
+			if !req.Msg.GetDryRun() {
+				if err := s.removeReplayed(ctx, st, dl); err != nil {
+					out.Replayed, out.Error = false, err.Error()
+				}
+			}
 		case why != "":
 			out.Error = why
 		case req.Msg.GetDryRun():
@@ -351,26 +362,40 @@ func (s *Service) unreplayable(dl deadLetter) string {
 	return ""
 }
 
-func (s *Service) replay(ctx context.Context, st jetstream.Stream, dl deadLetter, corrected []byte) error {
-	// An entry whose message has moved on to a later generation was
-	// replayed before, by a call that republished it but did not get to
-	// remove the entry. Republishing it again, once JetStream has forgotten
-	// the first republish, would put its stale payload over the one that
-	// replay stored; finishing that replay only takes removing the entry.
-	if id, err := uuid.Parse(dl.env.GetMessageId()); err == nil {
-		status, err := s.store.GetStatus(ctx, id)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("read status: %w", err)
-		}
-		if err == nil && status.Generation > dl.env.GetReplayCount() {
-			if err := st.DeleteMsg(ctx, dl.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-				return fmt.Errorf("already replayed, but the entry was not removed (repeat the replay): %w", err)
-			}
-			s.log.InfoContext(ctx, "removed a dead letter replayed before", "message_id", id,
-				"entry_replay_count", dl.env.GetReplayCount(), "status_generation", status.Generation)
-			return nil
-		}
+// replayedBefore reports whether an entry's message has moved on to a later
+// generation: a replay republished it, but did not get to remove the
+// entry. Republishing it again, once JetStream has forgotten the first
+// republish, would put its stale payload over the one that replay stored;
+// finishing that replay only takes removing the entry.
+func (s *Service) replayedBefore(ctx context.Context, dl deadLetter) (bool, error) {
+	if dl.env == nil {
+		return false, nil
 	}
+	id, err := uuid.Parse(dl.env.GetMessageId())
+	if err != nil {
+		return false, nil
+	}
+	status, err := s.store.GetStatus(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read status: %w", err)
+	}
+	return status.Generation > dl.env.GetReplayCount(), nil
+}
+
+// removeReplayed removes an entry replayedBefore found already replayed.
+func (s *Service) removeReplayed(ctx context.Context, st jetstream.Stream, dl deadLetter) error {
+	if err := st.DeleteMsg(ctx, dl.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("already replayed, but the entry was not removed (repeat the replay): %w", err)
+	}
+	s.log.InfoContext(ctx, "removed a dead letter replayed before", "message_id", dl.env.GetMessageId(),
+		"entry_replay_count", dl.env.GetReplayCount())
+	return nil
+}
+
+func (s *Service) replay(ctx context.Context, st jetstream.Stream, dl deadLetter, corrected []byte) error {
 	env := proto.CloneOf(dl.env)
 	env.ReplayCount++
 	if corrected != nil {
