@@ -2,6 +2,7 @@ package ingest_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"slices"
@@ -750,7 +751,19 @@ func TestReplayIsSafeToRepeat(t *testing.T) {
 // overwrite what the first replay stored.
 func TestReplayOfAnEntryReplayedLongAgo(t *testing.T) {
 	t.Parallel()
-	p := startPipeline(t, nil)
+	for _, limit := range []int{5, 0} {
+		t.Run(fmt.Sprintf("DLQ_MAX_REPLAYS=%d", limit), func(t *testing.T) {
+			t.Parallel()
+			testReplayOfAnEntryReplayedLongAgo(t, limit)
+		})
+	}
+}
+
+// testReplayOfAnEntryReplayedLongAgo runs the test with a replay limit;
+// at 0, the stale entry is one the limit would refuse, and it must be
+// removed all the same.
+func testReplayOfAnEntryReplayedLongAgo(t *testing.T, limit int) {
+	p := startPipeline(t, func(c *config.Config) { c.DLQMaxReplays = limit })
 	c := p.deadLetterClient(protocols[0])
 	id := p.deadLetter(badOrder).MessageID
 	// The first replay's effect, its republish long forgotten by JetStream:
