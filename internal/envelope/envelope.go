@@ -225,11 +225,11 @@ func Validate(msg proto.Message) error {
 	var parts []string
 	if verr != nil {
 		for _, viol := range verr.Violations {
-			field := protovalidate.FieldPathString(viol.Proto.GetField())
-			if field == "" {
-				field = "record"
+			text := fmt.Sprintf("%s [%s]", viol.Proto.GetMessage(), viol.Proto.GetRuleId())
+			if field := protovalidate.FieldPathString(viol.Proto.GetField()); field != "" {
+				text = field + ": " + text // else a rule on the whole message, which names its fields
 			}
-			parts = append(parts, fmt.Sprintf("%s: %s [%s]", field, viol.Proto.GetMessage(), viol.Proto.GetRuleId()))
+			parts = append(parts, text)
 		}
 	}
 	parts = append(parts, dateViolations(msg)...)
