@@ -101,7 +101,7 @@ func (s *Service) WatchStatus(ctx context.Context, req *connect.Request[statusv1
 	// Poll fast at first, when changes come quickly, then back off: a
 	// long watch costs a query a second, not twenty.
 	wait := watchInterval
-	deadline := time.Now().Add(watchUnknownFor)
+	deadline := unknownUntil(id, time.Now())
 	var last store.MessageStatus
 	sent := false
 	for {
@@ -120,8 +120,8 @@ func (s *Service) WatchStatus(ctx context.Context, req *connect.Request[statusv1
 			}
 		case rpcerr.Code(err) != connect.CodeNotFound:
 			return rpcerr.Wrap(err)
-		case time.Now().After(deadline):
-			return connect.NewError(connect.CodeNotFound, fmt.Errorf("message %s: no status after %s", id, watchUnknownFor))
+		case !time.Now().Before(deadline):
+			return connect.NewError(connect.CodeNotFound, fmt.Errorf("message %s: no status", id))
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -135,6 +135,23 @@ func (s *Service) WatchStatus(ctx context.Context, req *connect.Request[statusv1
 		}
 		wait = min(wait*2, watchMaxInterval)
 	}
+}
+
+// unknownUntil is how long WatchStatus waits for the status row of an id
+// it does not know: until watchUnknownFor after the id was made. A
+// time-ordered id (UUIDv7, as ingest issues) says when that was, so an old
+// or mistyped one is answered NotFound at once; a key-derived id (UUIDv5)
+// does not, so it gets watchUnknownFor from now; any other id is not one of
+// ours.
+func unknownUntil(id uuid.UUID, now time.Time) time.Time {
+	switch id.Version() {
+	case 7:
+		sec, nsec := id.Time().UnixTime()
+		return time.Unix(sec, nsec).Add(watchUnknownFor)
+	case 5:
+		return now.Add(watchUnknownFor)
+	}
+	return now
 }
 
 // GetStats implements nomnom.status.v1.StatusService.GetStats.

@@ -603,3 +603,30 @@ func TestIdempotencyKeyReusedForAnotherRecord(t *testing.T) {
 		t.Errorf("stored name %q (%v), want the first record's", name, err)
 	}
 }
+
+// TestWatchUnknownID: an id ingest never issued, or issued long ago with no
+// status, is NotFound at once rather than waited for.
+func TestWatchUnknownID(t *testing.T) {
+	t.Parallel()
+	p := startPipeline(t, nil)
+	st := p.statusClient(protocols[0])
+	old, err := uuid.NewV7()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old[0], old[1] = 0, 1 // a UUIDv7 of 1970
+	for _, id := range []string{uuid.NewString(), old.String()} {
+		// Well under the 30 s a fresh id would be waited for.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		stream, err := st.WatchStatus(ctx, connect.NewRequest(&statusv1.WatchStatusRequest{MessageId: id}))
+		if err == nil {
+			for stream.Receive() {
+			}
+			err = stream.Err()
+		}
+		cancel()
+		if connect.CodeOf(err) != connect.CodeNotFound {
+			t.Errorf("WatchStatus(%s) = %v, want NotFound", id, err)
+		}
+	}
+}
