@@ -306,6 +306,11 @@ func (s *Service) ReplayDeadLetters(ctx context.Context, req *connect.Request[de
 			return nil, rpcerr.Invalid("corrected_payload: %v", err)
 		}
 		corrected = []byte(strings.TrimSpace(c))
+		// The same limit as at ingest, or the record could be replayed but
+		// never dead-lettered again.
+		if err := s.checkSize(corrected); err != nil {
+			return nil, rpcerr.Invalid("corrected_payload: %v", err)
+		}
 	}
 	st, err := s.dlqStream(ctx)
 	if err != nil {

@@ -501,6 +501,9 @@ func TestDeadLetterBadInput(t *testing.T) {
 		{"corrected payload not JSON", replay(&deadletterv1.ReplayDeadLettersRequest{
 			MessageIds: []string{id}, CorrectedPayload: `{"order_key":`,
 		}), connect.CodeInvalidArgument, "corrected_payload"},
+		{"corrected payload over the record limit", replay(&deadletterv1.ReplayDeadLettersRequest{
+			MessageIds: []string{id}, CorrectedPayload: `{"order_key":"DLQ-TEST","customer_key":"C-9","comment":"` + strings.Repeat("x", 1<<20) + `"}`,
+		}), connect.CodeInvalidArgument, "over the"},
 		{"corrected payload a JSON array", replay(&deadletterv1.ReplayDeadLettersRequest{
 			MessageIds: []string{id}, CorrectedPayload: `[` + fixedOrder + `]`,
 		}), connect.CodeInvalidArgument, "corrected_payload"},
