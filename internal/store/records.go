@@ -25,6 +25,8 @@ type Item struct {
 	Generation int32
 	Attempt    int32
 	Record     envelope.Record
+	// RecordSHA256 is the keyed record's fingerprint, for its status row.
+	RecordSHA256 []byte
 }
 
 func (it Item) newerThan(o Item) bool {
@@ -69,6 +71,7 @@ func (s *Store) StoreRecords(ctx context.Context, items []Item) (superseded map[
 				MessageID: it.MessageID, Entity: it.Entity, Status: StatusCompleted,
 				ReceivedAt: it.ReceivedAt, ProcessedAt: now, RetryCount: max(it.Attempt-1, 0),
 				Source: it.Source, Generation: it.Generation, Attempt: it.Attempt,
+				RecordSHA256: it.RecordSHA256,
 			}
 			if superseded[it.MessageID] {
 				writes[i].Error = SupersededNote

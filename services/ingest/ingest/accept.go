@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,9 +37,15 @@ type pending struct {
 	fingerprint []byte
 }
 
-// fingerprint hashes a record's bytes for pending.fingerprint.
+// fingerprint hashes a record's JSON for pending.fingerprint, in its
+// canonical form (RFC 8785: member order, white space and number spelling
+// do not count), so a retry that re-encodes the same record still matches.
 func fingerprint(record []byte) []byte {
-	sum := sha256.Sum256(record)
+	canonical := jsontext.Value(slices.Clone(record))
+	if err := canonical.Canonicalize(); err != nil {
+		canonical = jsontext.Value(record) // not expected: the record was parsed already
+	}
+	sum := sha256.Sum256(canonical)
 	return sum[:]
 }
 
@@ -85,6 +93,7 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 			outs[i].Err = err
 			continue
 		}
+		env.RecordSha256 = r.fingerprint
 		envs[i] = env
 	}
 	s.knownKeys(ctx, recs, envs, outs)
@@ -205,8 +214,16 @@ func (s *Service) knownKeys(ctx context.Context, recs []pending, envs []*envelop
 	}
 	found, err := s.store.GetStatuses(ctx, ids)
 	if err != nil {
-		s.log.WarnContext(ctx, "idempotency keys not checked against stored statuses; only JetStream's duplicate window applies",
-			"error", err, "records", len(ids))
+		// Unchecked, a key might be a retry of a call long past, or the
+		// reuse of one for another record: refuse rather than guess.
+		// Records without a key are not affected.
+		s.log.WarnContext(ctx, "idempotency keys cannot be checked; keyed records refused for now", "error", err, "records", len(ids))
+		for i, r := range recs {
+			if r.idempotencyKey != "" && envs[i] != nil && outs[i].Err == nil {
+				outs[i].Err = connect.NewError(connect.CodeUnavailable,
+					fmt.Errorf("idempotency key %q cannot be checked while PostgreSQL is unavailable; retry later: %w", r.idempotencyKey, err))
+			}
+		}
 		return
 	}
 	known := make(map[string]store.MessageStatus, len(found))

@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"cmp"
+
+	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nomnomhq/nomnom/internal/envelope"
@@ -60,6 +62,8 @@ func (m *Metrics) observeAccept(o outcome) {
 		entity = "unknown"
 	}
 	switch {
+	case connect.CodeOf(o.Err) == connect.CodeAlreadyExists:
+		m.records.WithLabelValues(entity, "rejected").Inc() // a reused idempotency key
 	case o.Err != nil:
 		m.records.WithLabelValues(entity, "failed").Inc()
 	case o.Duplicate:

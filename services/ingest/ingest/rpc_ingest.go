@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ingestv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/ingest/v1"
@@ -162,13 +161,9 @@ func (s *Service) recordPending(rec *ingestv1.Record) (pending, error) {
 	}
 	p := pending{entity: entity, payload: payload, source: rec.GetSource(), idempotencyKey: rec.GetIdempotencyKey()}
 	if p.idempotencyKey != "" {
-		// The JSON rendering may vary between builds; the deterministic
-		// binary form does not.
-		canonical, err := proto.MarshalOptions{Deterministic: true}.Marshal(typed)
-		if err != nil {
-			return pending{}, fmt.Errorf("encode %s: %w", entity, err)
-		}
-		p.fingerprint = fingerprint(canonical)
+		// Of the JSON, canonicalised, as for raw records: the same record
+		// sent typed or raw has one fingerprint.
+		p.fingerprint = fingerprint(payload)
 	}
 	return p, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	statusv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/status/v1"
 	"github.com/nomnomhq/nomnom/gen/go/nomnom/status/v1/statusv1connect"
 	tpchv1 "github.com/nomnomhq/nomnom/gen/go/nomnom/tpch/v1"
+	"github.com/nomnomhq/nomnom/internal/config"
 	"github.com/nomnomhq/nomnom/internal/envelope"
 	"github.com/nomnomhq/nomnom/internal/store"
 	"github.com/nomnomhq/nomnom/internal/testutil"
@@ -561,7 +563,8 @@ func TestIdempotencyKeyReusedForAnotherRecord(t *testing.T) {
 	if code != http.StatusConflict || !strings.Contains(string(body), `"code":"already_exists"`) || !strings.Contains(string(body), first.MessageID) {
 		t.Errorf("same key, other record = %d %s, want 409 already_exists naming %s", code, body, first.MessageID)
 	}
-	if again := p.post(`{"customer_key":"REUSED","name":"first"}`, key); !again.Duplicate || again.MessageID != first.MessageID {
+	// The same record re-encoded (member order, white space) is the same.
+	if again := p.post(`{ "name": "first",  "customer_key": "REUSED" }`, key); !again.Duplicate || again.MessageID != first.MessageID {
 		t.Errorf("same key, same record = %+v, want a duplicate of %s", again, first.MessageID)
 	}
 
@@ -628,5 +631,36 @@ func TestWatchUnknownID(t *testing.T) {
 		if connect.CodeOf(err) != connect.CodeNotFound {
 			t.Errorf("WatchStatus(%s) = %v, want NotFound", id, err)
 		}
+	}
+}
+
+// TestIdempotencyKeyWhilePostgresIsDown: a key that cannot be checked
+// against stored statuses might be a late retry or a reuse for another
+// record, so a keyed record is refused (503, retry later) while
+// PostgreSQL is down; records without a key are still accepted.
+func TestIdempotencyKeyWhilePostgresIsDown(t *testing.T) {
+	t.Parallel()
+	var proxy *testutil.Proxy
+	p := startPipeline(t, func(c *config.Config) {
+		u, err := url.Parse(c.DatabaseURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxy = testutil.NewProxy(t, u.Host)
+		u.Host = proxy.Addr()
+		c.DatabaseURL = u.String()
+	})
+	key := http.Header{"Idempotency-Key": {"while-down"}}
+	proxy.Down()
+	code, body := p.do(http.MethodPost, "/ingest/message", key, `{"customer_key":"WHILE-DOWN"}`)
+	if code != http.StatusServiceUnavailable || !strings.Contains(string(body), "cannot be checked") {
+		t.Errorf("keyed record while PostgreSQL is down = %d %s, want 503", code, body)
+	}
+	if code, body := p.do(http.MethodPost, "/ingest/message", nil, `{"customer_key":"UNKEYED-WHILE-DOWN"}`); code != http.StatusAccepted {
+		t.Errorf("record without a key while PostgreSQL is down = %d %s, want 202", code, body)
+	}
+	proxy.Up()
+	if got := p.post(`{"customer_key":"WHILE-DOWN"}`, key); got.Duplicate {
+		t.Errorf("keyed record after recovery = %+v, want accepted as new", got)
 	}
 }

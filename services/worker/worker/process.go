@@ -69,6 +69,8 @@ func (d *delivery) statusWrite(status store.Status) store.StatusWrite {
 		Source:     d.env.GetSource(),
 		Generation: d.env.GetReplayCount(),
 		Attempt:    d.attempt,
+		// Whichever write creates the row records the fingerprint.
+		RecordSHA256: d.env.GetRecordSha256(),
 	}
 }
 
@@ -76,7 +78,7 @@ func (d *delivery) item() store.Item {
 	return store.Item{
 		MessageID: d.id, Entity: d.entity, ReceivedAt: d.env.GetReceivedAt().AsTime(),
 		Source: d.env.GetSource(), Generation: d.env.GetReplayCount(), Attempt: d.attempt,
-		Record: d.record,
+		Record: d.record, RecordSHA256: d.env.GetRecordSha256(),
 	}
 }
 

@@ -44,7 +44,11 @@ type Envelope struct {
 	ReplayCount int32 `protobuf:"varint,6,opt,name=replay_count,json=replayCount,proto3" json:"replay_count,omitempty"`
 	// The record as JSON, exactly as received (typed RPC records are encoded
 	// with their proto field names).
-	Payload       []byte `protobuf:"bytes,7,opt,name=payload,proto3" json:"payload,omitempty"`
+	Payload []byte `protobuf:"bytes,7,opt,name=payload,proto3" json:"payload,omitempty"`
+	// SHA-256 of the canonical JSON of a record sent with an idempotency key,
+	// so every status write can store it and a later reuse of the key for a
+	// different record is recognised; empty without a key.
+	RecordSha256  []byte `protobuf:"bytes,8,opt,name=record_sha256,json=recordSha256,proto3" json:"record_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -128,11 +132,18 @@ func (x *Envelope) GetPayload() []byte {
 	return nil
 }
 
+func (x *Envelope) GetRecordSha256() []byte {
+	if x != nil {
+		return x.RecordSha256
+	}
+	return nil
+}
+
 var File_nomnom_envelope_v1_envelope_proto protoreflect.FileDescriptor
 
 const file_nomnom_envelope_v1_envelope_proto_rawDesc = "" +
 	"\n" +
-	"!nomnom/envelope/v1/envelope.proto\x12\x12nomnom.envelope.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19nomnom/tpch/v1/tpch.proto\"\xa1\x02\n" +
+	"!nomnom/envelope/v1/envelope.proto\x12\x12nomnom.envelope.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19nomnom/tpch/v1/tpch.proto\"\xc6\x02\n" +
 	"\bEnvelope\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12;\n" +
@@ -143,7 +154,8 @@ const file_nomnom_envelope_v1_envelope_proto_rawDesc = "" +
 	"\x06source\x18\x04 \x01(\tR\x06source\x12'\n" +
 	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x12!\n" +
 	"\freplay_count\x18\x06 \x01(\x05R\vreplayCount\x12\x18\n" +
-	"\apayload\x18\a \x01(\fR\apayloadB\xd2\x01\n" +
+	"\apayload\x18\a \x01(\fR\apayload\x12#\n" +
+	"\rrecord_sha256\x18\b \x01(\fR\frecordSha256B\xd2\x01\n" +
 	"\x16com.nomnom.envelope.v1B\rEnvelopeProtoP\x01Z?github.com/nomnomhq/nomnom/gen/go/nomnom/envelope/v1;envelopev1\xa2\x02\x03NEX\xaa\x02\x12Nomnom.Envelope.V1\xca\x02\x12Nomnom\\Envelope\\V1\xe2\x02\x1eNomnom\\Envelope\\V1\\GPBMetadata\xea\x02\x14Nomnom::Envelope::V1b\x06proto3"
 
 var (

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nomnom/envelope/v1/envelope.proto.
  */
 export const file_nomnom_envelope_v1_envelope: GenFile = /*@__PURE__*/
-  fileDesc("CiFub21ub20vZW52ZWxvcGUvdjEvZW52ZWxvcGUucHJvdG8SEm5vbW5vbS5lbnZlbG9wZS52MSLQAQoIRW52ZWxvcGUSEgoKbWVzc2FnZV9pZBgBIAEoCRIvCgtlbnRpdHlfdHlwZRgCIAEoDjIaLm5vbW5vbS50cGNoLnYxLkVudGl0eVR5cGUSLwoLcmVjZWl2ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNvdXJjZRgEIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSFAoMcmVwbGF5X2NvdW50GAYgASgFEg8KB3BheWxvYWQYByABKAxC0gEKFmNvbS5ub21ub20uZW52ZWxvcGUudjFCDUVudmVsb3BlUHJvdG9QAVo/Z2l0aHViLmNvbS9ub21ub21ocS9ub21ub20vZ2VuL2dvL25vbW5vbS9lbnZlbG9wZS92MTtlbnZlbG9wZXYxogIDTkVYqgISTm9tbm9tLkVudmVsb3BlLlYxygISTm9tbm9tXEVudmVsb3BlXFYx4gIeTm9tbm9tXEVudmVsb3BlXFYxXEdQQk1ldGFkYXRh6gIUTm9tbm9tOjpFbnZlbG9wZTo6VjFiBnByb3RvMw", [file_google_protobuf_timestamp, file_nomnom_tpch_v1_tpch]);
+  fileDesc("CiFub21ub20vZW52ZWxvcGUvdjEvZW52ZWxvcGUucHJvdG8SEm5vbW5vbS5lbnZlbG9wZS52MSLnAQoIRW52ZWxvcGUSEgoKbWVzc2FnZV9pZBgBIAEoCRIvCgtlbnRpdHlfdHlwZRgCIAEoDjIaLm5vbW5vbS50cGNoLnYxLkVudGl0eVR5cGUSLwoLcmVjZWl2ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNvdXJjZRgEIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSFAoMcmVwbGF5X2NvdW50GAYgASgFEg8KB3BheWxvYWQYByABKAwSFQoNcmVjb3JkX3NoYTI1NhgIIAEoDELSAQoWY29tLm5vbW5vbS5lbnZlbG9wZS52MUINRW52ZWxvcGVQcm90b1ABWj9naXRodWIuY29tL25vbW5vbWhxL25vbW5vbS9nZW4vZ28vbm9tbm9tL2VudmVsb3BlL3YxO2VudmVsb3BldjGiAgNORViqAhJOb21ub20uRW52ZWxvcGUuVjHKAhJOb21ub21cRW52ZWxvcGVcVjHiAh5Ob21ub21cRW52ZWxvcGVcVjFcR1BCTWV0YWRhdGHqAhROb21ub206OkVudmVsb3BlOjpWMWIGcHJvdG8z", [file_google_protobuf_timestamp, file_nomnom_tpch_v1_tpch]);
 
 /**
  * Envelope wraps one accepted record on the MESSAGES and MESSAGES_DLQ streams.
@@ -75,6 +75,15 @@ export type Envelope = Message<"nomnom.envelope.v1.Envelope"> & {
    * @generated from field: bytes payload = 7;
    */
   payload: Uint8Array;
+
+  /**
+   * SHA-256 of the canonical JSON of a record sent with an idempotency key,
+   * so every status write can store it and a later reuse of the key for a
+   * different record is recognised; empty without a key.
+   *
+   * @generated from field: bytes record_sha256 = 8;
+   */
+  recordSha256: Uint8Array;
 };
 
 /**
