@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -46,6 +48,7 @@ func Code(err error) connect.Code {
 	var apiErr *jetstream.APIError
 	var pgErr *pgconn.PgError
 	var connErr *pgconn.ConnectError
+	var netErr net.Error
 	switch {
 	case errors.As(err, &apiErr):
 		// JetStream refused (stream full, leader unavailable): try later.
@@ -53,6 +56,9 @@ func Code(err error) connect.Code {
 	case errors.As(err, &connErr):
 		return connect.CodeUnavailable
 	case errors.As(err, &pgErr) && store.Classify(err) == store.Unavailable:
+		return connect.CodeUnavailable
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.As(err, &netErr), pgconn.SafeToRetry(err):
+		// The connection to PostgreSQL broke mid-call.
 		return connect.CodeUnavailable
 	}
 	return connect.CodeInternal

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -35,6 +37,8 @@ func TestCode(t *testing.T) {
 		{"jetstream refused (stream full)", &jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "maximum messages exceeded"}, connect.CodeUnavailable},
 		{"postgres shutting down", &pgconn.PgError{Code: "57P01"}, connect.CodeUnavailable},
 		{"postgres data error is a bug here", &pgconn.PgError{Code: "22P02"}, connect.CodeInternal},
+		{"postgres connection broke mid-call", fmt.Errorf("get status: %w", io.ErrUnexpectedEOF), connect.CodeUnavailable},
+		{"postgres connection reset", fmt.Errorf("get status: %w", &net.OpError{Op: "read", Err: errors.New("connection reset by peer")}), connect.CodeUnavailable},
 		{"anything else", errors.New("surprise"), connect.CodeInternal},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

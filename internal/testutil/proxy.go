@@ -12,13 +12,14 @@ import (
 // can take a real dependency (PostgreSQL, NATS) away from the code under
 // test and give it back, without stopping a server other tests share.
 type Proxy struct {
-	t      testing.TB
-	target string
-	ln     net.Listener
-	mu     sync.Mutex
-	down   bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	t       testing.TB
+	target  string
+	ln      net.Listener
+	mu      sync.Mutex
+	down    bool
+	refused int
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
 }
 
 // NewProxy listens on a free loopback port and forwards to target
@@ -59,6 +60,14 @@ func (p *Proxy) Up() {
 	p.down = false
 }
 
+// Refused counts the connections refused while down, so a test can wait
+// until the code under test has run into the outage.
+func (p *Proxy) Refused() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.refused
+}
+
 func (p *Proxy) accept() {
 	for {
 		c, err := p.ln.Accept()
@@ -70,6 +79,7 @@ func (p *Proxy) accept() {
 		}
 		p.mu.Lock()
 		if p.down {
+			p.refused++
 			p.mu.Unlock()
 			c.Close()
 			continue

@@ -118,6 +118,10 @@ func (s *Service) WatchStatus(ctx context.Context, req *connect.Request[statusv1
 			if st.Status.Terminal() {
 				return nil
 			}
+		case rpcerr.Code(err) == connect.CodeUnavailable:
+			// PostgreSQL is down: keep watching, at the slowest pace,
+			// until it is back or the client gives up.
+			wait = watchMaxInterval
 		case rpcerr.Code(err) != connect.CodeNotFound:
 			return rpcerr.Wrap(err)
 		case !time.Now().Before(deadline):

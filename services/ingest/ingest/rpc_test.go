@@ -660,7 +660,28 @@ func TestIdempotencyKeyWhilePostgresIsDown(t *testing.T) {
 		t.Errorf("record without a key while PostgreSQL is down = %d %s, want 202", code, body)
 	}
 	proxy.Up()
-	if got := p.post(`{"customer_key":"WHILE-DOWN"}`, key); got.Duplicate {
+	got := p.post(`{"customer_key":"WHILE-DOWN"}`, key)
+	if got.Duplicate {
 		t.Errorf("keyed record after recovery = %+v, want accepted as new", got)
+	}
+
+	// A watch started while PostgreSQL is down waits for it to come back.
+	p.waitStatus(got.MessageID, "completed")
+	proxy.Down()
+	refused := proxy.Refused()
+	watched := make(chan error, 1)
+	go func() {
+		stream, err := p.statusClient(protocols[0]).WatchStatus(t.Context(), connect.NewRequest(&statusv1.WatchStatusRequest{MessageId: got.MessageID}))
+		if err == nil {
+			for stream.Receive() {
+			}
+			err = stream.Err()
+		}
+		watched <- err
+	}()
+	testutil.WaitFor(t, 10*time.Second, func() (bool, error) { return proxy.Refused() > refused, nil })
+	proxy.Up()
+	if err := <-watched; err != nil {
+		t.Errorf("WatchStatus across the outage: %v, want the completed status", err)
 	}
 }
