@@ -33,7 +33,7 @@ else
   filter=$(jq -cn --arg e "$entity" --arg c "$class" '{}
     + (if $e != "" then {entity_type: ("ENTITY_TYPE_" + ($e|ascii_upcase))} else {} end)
     + (if $c != "" then {error_class: ("ERROR_CLASS_" + ($c|ascii_upcase))} else {} end)')
-  body=$(jq -cn --argjson dry "$dry" --argjson f "$filter" '{filter: $f, dry_run: $dry}')
+  body=$(jq -cn --argjson dry "$dry" --argjson f "$filter" '{filter: $f, dry_run: $dry, all: true}')
 fi
 
 resp=$(curl -sS --fail-with-body -X POST "${url}/nomnom.deadletter.v1.DeadLetterService/ReplayDeadLetters" \

@@ -110,7 +110,7 @@ func runDLQ(ctx context.Context, args []string, e env) error {
 			return err
 		}
 		if *all {
-			req.Filter = filter
+			req.Filter, req.All = filter, true
 		}
 		resp, err := c.ReplayDeadLetters(ctx, connect.NewRequest(req))
 		if err != nil {
@@ -143,7 +143,7 @@ func runDLQ(ctx context.Context, args []string, e env) error {
 			return err
 		}
 		if *all {
-			req.Filter = filter
+			req.Filter, req.All = filter, true
 		}
 		resp, err := c.PurgeDeadLetters(ctx, connect.NewRequest(req))
 		if err != nil {

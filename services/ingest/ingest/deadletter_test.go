@@ -336,7 +336,7 @@ func TestReplayDryRun(t *testing.T) {
 	cust := p.deadLetter(badCustomer1).MessageID
 
 	requests := map[string]*deadletterv1.ReplayDeadLettersRequest{
-		"all":                   {DryRun: true},
+		"all":                   {DryRun: true, All: true},
 		"by id with correction": {DryRun: true, MessageIds: []string{order}, CorrectedPayload: fixedOrder},
 		"by filter":             {DryRun: true, Filter: customerFilter},
 	}
@@ -418,7 +418,7 @@ func TestPurgeDeadLetters(t *testing.T) {
 		return resp.Msg
 	}
 
-	dry := purge(&deadletterv1.PurgeDeadLettersRequest{DryRun: true})
+	dry := purge(&deadletterv1.PurgeDeadLettersRequest{DryRun: true, All: true})
 	if !dry.GetDryRun() || dry.GetPurged() != 3 || !slices.Equal(dry.GetMessageIds(), []string{order, cust[0], cust[1]}) {
 		t.Errorf("dry-run purge = %v, want all three reported", dry)
 	}
@@ -519,6 +519,10 @@ func TestDeadLetterBadInput(t *testing.T) {
 		{"purge by ids and filter", purge(&deadletterv1.PurgeDeadLettersRequest{
 			MessageIds: []string{id}, Filter: orderFilter,
 		}), connect.CodeInvalidArgument, "not both"},
+		{"replay with no selection", replay(&deadletterv1.ReplayDeadLettersRequest{}), connect.CodeInvalidArgument, "all: true"},
+		{"replay with an empty filter", replay(&deadletterv1.ReplayDeadLettersRequest{Filter: &deadletterv1.DeadLetterFilter{}}), connect.CodeInvalidArgument, "all: true"},
+		{"purge with no selection", purge(&deadletterv1.PurgeDeadLettersRequest{}), connect.CodeInvalidArgument, "all: true"},
+		{"purge with ids and all", purge(&deadletterv1.PurgeDeadLettersRequest{MessageIds: []string{id}, All: true}), connect.CodeInvalidArgument, "not both"},
 		{"filter on an undefined entity", replay(&deadletterv1.ReplayDeadLettersRequest{
 			Filter: &deadletterv1.DeadLetterFilter{EntityType: 99},
 		}), connect.CodeInvalidArgument, "entity_type"},
@@ -606,7 +610,7 @@ func TestDeadLetterAuth(t *testing.T) {
 		for _, tt := range tests {
 			t.Run(proto.name+"/"+tt.name, func(t *testing.T) {
 				list := connect.NewRequest(&deadletterv1.ListDeadLettersRequest{})
-				purge := connect.NewRequest(&deadletterv1.PurgeDeadLettersRequest{DryRun: true})
+				purge := connect.NewRequest(&deadletterv1.PurgeDeadLettersRequest{DryRun: true, All: true})
 				if tt.header != "" {
 					list.Header().Set("Authorization", tt.header)
 					purge.Header().Set("Authorization", tt.header)

@@ -527,14 +527,18 @@ type ReplayDeadLettersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Replay these messages.
 	MessageIds []string `protobuf:"bytes,1,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
-	// Or replay every entry matching this filter (all entries when both are
-	// empty), at most 10000 per call: repeat the call to continue.
+	// Or replay every entry matching this filter, at most 10000 per call:
+	// repeat the call to continue.
 	Filter *DeadLetterFilter `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
 	// A fixed JSON record to send instead of the stored payload; only with
 	// exactly one message id.
 	CorrectedPayload string `protobuf:"bytes,3,opt,name=corrected_payload,json=correctedPayload,proto3" json:"corrected_payload,omitempty"`
 	// Report what would be replayed without doing it.
-	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Replay every entry (or every entry matching filter). A request that
+	// names no message_ids and no filter criterion must say so, so that an
+	// empty request never acts on the whole queue.
+	All           bool `protobuf:"varint,5,opt,name=all,proto3" json:"all,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -593,6 +597,13 @@ func (x *ReplayDeadLettersRequest) GetCorrectedPayload() string {
 func (x *ReplayDeadLettersRequest) GetDryRun() bool {
 	if x != nil {
 		return x.DryRun
+	}
+	return false
+}
+
+func (x *ReplayDeadLettersRequest) GetAll() bool {
+	if x != nil {
+		return x.All
 	}
 	return false
 }
@@ -748,11 +759,15 @@ type PurgeDeadLettersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Delete these messages.
 	MessageIds []string `protobuf:"bytes,1,rep,name=message_ids,json=messageIds,proto3" json:"message_ids,omitempty"`
-	// Or delete every entry matching this filter (all entries when both are
-	// empty), at most 10000 per call: repeat the call to continue.
+	// Or delete every entry matching this filter, at most 10000 per call:
+	// repeat the call to continue.
 	Filter *DeadLetterFilter `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
 	// Report what would be deleted without doing it.
-	DryRun        bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Delete every entry (or every entry matching filter). A request that
+	// names no message_ids and no filter criterion must say so, so that an
+	// empty request never acts on the whole queue.
+	All           bool `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -804,6 +819,13 @@ func (x *PurgeDeadLettersRequest) GetFilter() *DeadLetterFilter {
 func (x *PurgeDeadLettersRequest) GetDryRun() bool {
 	if x != nil {
 		return x.DryRun
+	}
+	return false
+}
+
+func (x *PurgeDeadLettersRequest) GetAll() bool {
+	if x != nil {
+		return x.All
 	}
 	return false
 }
@@ -918,15 +940,17 @@ const file_nomnom_deadletter_v1_deadletter_proto_rawDesc = "" +
 	"message_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\tmessageId\"Z\n" +
 	"\x15GetDeadLetterResponse\x12A\n" +
 	"\vdead_letter\x18\x01 \x01(\v2 .nomnom.deadletter.v1.DeadLetterR\n" +
-	"deadLetter\"\xd9\x03\n" +
+	"deadLetter\"\xc1\x06\n" +
 	"\x18ReplayDeadLettersRequest\x121\n" +
 	"\vmessage_ids\x18\x01 \x03(\tB\x10\xbaH\r\x92\x01\n" +
 	"\x10\xe8\a\"\x05r\x03\xb0\x01\x01R\n" +
 	"messageIds\x12>\n" +
 	"\x06filter\x18\x02 \x01(\v2&.nomnom.deadletter.v1.DeadLetterFilterR\x06filter\x12+\n" +
 	"\x11corrected_payload\x18\x03 \x01(\tR\x10correctedPayload\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun:\x83\x02\xbaH\xff\x01\x1al\n" +
-	"\x0freplay.selector\x12&give message_ids or a filter, not both\x1a1!(size(this.message_ids) > 0 && has(this.filter))\x1a\x8e\x01\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12\x10\n" +
+	"\x03all\x18\x05 \x01(\bR\x03all:\xd9\x04\xbaH\xd5\x04\x1az\n" +
+	"\x0freplay.selector\x12&give message_ids or a filter, not both\x1a?!(size(this.message_ids) > 0 && (has(this.filter) || this.all))\x1a\xc5\x02\n" +
+	"\x19replay.selection_required\x12dselect entries: give message_ids, a filter with at least one criterion, or all: true for every entry\x1a\xc1\x01size(this.message_ids) > 0 || this.all || (has(this.filter) && (this.filter.entity_type != 0 || this.filter.error_class != 0 || has(this.filter.failed_after) || has(this.filter.failed_before)))\x1a\x8e\x01\n" +
 	"\x1freplay.corrected_payload_single\x12.corrected_payload needs exactly one message_id\x1a;this.corrected_payload == '' || size(this.message_ids) == 1\"\x83\x01\n" +
 	"\rReplayOutcome\x12\x1d\n" +
 	"\n" +
@@ -938,14 +962,16 @@ const file_nomnom_deadletter_v1_deadletter_proto_rawDesc = "" +
 	"\boutcomes\x18\x01 \x03(\v2#.nomnom.deadletter.v1.ReplayOutcomeR\boutcomes\x12\x1a\n" +
 	"\breplayed\x18\x02 \x01(\x05R\breplayed\x12\x16\n" +
 	"\x06failed\x18\x03 \x01(\x05R\x06failed\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\x97\x02\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\x80\x05\n" +
 	"\x17PurgeDeadLettersRequest\x121\n" +
 	"\vmessage_ids\x18\x01 \x03(\tB\x10\xbaH\r\x92\x01\n" +
 	"\x10\xe8\a\"\x05r\x03\xb0\x01\x01R\n" +
 	"messageIds\x12>\n" +
 	"\x06filter\x18\x02 \x01(\v2&.nomnom.deadletter.v1.DeadLetterFilterR\x06filter\x12\x17\n" +
-	"\adry_run\x18\x03 \x01(\bR\x06dryRun:p\xbaHm\x1ak\n" +
-	"\x0epurge.selector\x12&give message_ids or a filter, not both\x1a1!(size(this.message_ids) > 0 && has(this.filter))\"l\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x12\x10\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all:\xc6\x03\xbaH\xc2\x03\x1ay\n" +
+	"\x0epurge.selector\x12&give message_ids or a filter, not both\x1a?!(size(this.message_ids) > 0 && (has(this.filter) || this.all))\x1a\xc4\x02\n" +
+	"\x18purge.selection_required\x12dselect entries: give message_ids, a filter with at least one criterion, or all: true for every entry\x1a\xc1\x01size(this.message_ids) > 0 || this.all || (has(this.filter) && (this.filter.entity_type != 0 || this.filter.error_class != 0 || has(this.filter.failed_after) || has(this.filter.failed_before)))\"l\n" +
 	"\x18PurgeDeadLettersResponse\x12\x1f\n" +
 	"\vmessage_ids\x18\x01 \x03(\tR\n" +
 	"messageIds\x12\x16\n" +
