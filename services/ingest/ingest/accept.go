@@ -169,8 +169,12 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 	defer cancel()
 	if err := s.statuses.Submit(wctx, writes...); err != nil {
 		s.metrics.statusWriteFailures.Add(float64(len(writes)))
-		s.log.WarnContext(ctx, "accepted status not written; the worker will write it when it processes the messages",
-			"error", err, "messages", len(writes))
+		// Once per call would flood the log during an outage; the metric
+		// counts every one.
+		s.statusWarn.Do(func() {
+			s.log.WarnContext(ctx, "accepted status not written; the worker will write it when it processes the messages (logged at most every 10s; see nomnom_ingest_status_write_failures_total)",
+				"error", err, "messages", len(writes))
+		})
 	} else if err := s.store.SetFingerprints(wctx, writes); err != nil {
 		s.log.WarnContext(ctx, "idempotency key fingerprints not stored; a reused key will pass for a retry", "error", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
 
 	"github.com/nomnomhq/nomnom/internal/groupcommit"
 	"github.com/nomnomhq/nomnom/internal/natsx"
@@ -55,8 +56,10 @@ type Service struct {
 	statuses  *groupcommit.Committer[store.StatusWrite]
 	metrics   *Metrics
 	ready     atomic.Bool
-	draining  chan struct{}
-	drainOne  sync.Once
+	// statusWarn paces the warning about unwritten 'accepted' statuses.
+	statusWarn rate.Sometimes
+	draining   chan struct{}
+	drainOne   sync.Once
 }
 
 // New checks opts and returns a Service. Call Run to start its background
@@ -102,6 +105,7 @@ func New(opts Options) (*Service, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.statusWarn = rate.Sometimes{First: 1, Interval: 10 * time.Second}
 	// Status rows of concurrent requests are written together; two flushers
 	// keep one batch in flight while the next one fills.
 	s.statuses = groupcommit.New(s.store.WriteStatuses, 1000, 2)

@@ -252,9 +252,13 @@ func (w *Worker) isolate(ctx, stop context.Context, msgs []jetstream.Msg, ds []*
 func (w *Worker) untilAvailable(ctx, stop context.Context, msgs []jetstream.Msg, op func() error) bool {
 	wait := newBackoff(100*time.Millisecond, min(5*time.Second, w.topo.AckWait/3))
 	retriedReachable := false
+	var pausedAt time.Time
 	for {
 		err := op()
 		if err == nil || store.Classify(err) != store.Unavailable {
+			if !pausedAt.IsZero() {
+				w.log.Info("postgres available again: resuming", "paused_for", time.Since(pausedAt).Round(time.Millisecond), "messages", len(msgs))
+			}
 			return true
 		}
 		if store.NeedsConfirming(err) && w.store.Ping(ctx) == nil {
@@ -267,7 +271,8 @@ func (w *Worker) untilAvailable(ctx, stop context.Context, msgs []jetstream.Msg,
 			continue
 		}
 		retriedReachable = false
-		if wait.cur == 0 {
+		if pausedAt.IsZero() {
+			pausedAt = time.Now()
 			w.paused.Add(1)
 			defer w.paused.Add(-1)
 			w.log.Warn("postgres unavailable: pausing consumption, no attempts are spent", "error", err, "messages", len(msgs))
