@@ -53,6 +53,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		`nomnom_consumer_ack_pending_messages`,
 		`nomnom_dlq_messages`,
 		`nomnom_consumer_oldest_pending_seconds 0`, // nothing left unstored
+		`nomnom_backlog_messages 0`,
 		`nomnom_worker_paused 0`,
 		`nomnom_db_pool_total_conns`,
 	}

@@ -24,6 +24,7 @@ type Metrics struct {
 	redelivered  prometheus.Gauge
 	dlqDepth     prometheus.Gauge
 	oldest       prometheus.Gauge
+	backlog      prometheus.Gauge
 }
 
 func newMetrics(w *Worker) *Metrics {
@@ -55,13 +56,17 @@ func newMetrics(w *Worker) *Metrics {
 		ackPending:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "nomnom_consumer_ack_pending_messages", Help: "Messages delivered but not yet acknowledged."}),
 		redelivered: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nomnom_consumer_redelivered_messages", Help: "Messages being redelivered."}),
 		dlqDepth:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "nomnom_dlq_messages", Help: "Entries in the dead-letter stream."}),
+		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "nomnom_backlog_messages",
+			Help: "Records accepted and not yet stored or dead-lettered, fetched or not (the ingest stream's size).",
+		}),
 		oldest: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nomnom_consumer_oldest_pending_seconds",
 			Help: "Age of the oldest record not yet stored (0 when none); NATS_MAX_AGE_HOURS deletes it at that age.",
 		}),
 	}
 	reg.MustRegister(m.messages, m.retries, m.deadLettered, m.batchSeconds, m.e2eSeconds,
-		m.pending, m.ackPending, m.redelivered, m.dlqDepth, m.oldest,
+		m.pending, m.ackPending, m.redelivered, m.dlqDepth, m.oldest, m.backlog,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "nomnom_worker_paused", Help: "Fetch loops paused because PostgreSQL is unreachable."},
 			func() float64 { return float64(w.paused.Load()) }))
 	return m
@@ -94,10 +99,12 @@ func (m *Metrics) watch(ctx context.Context, cons jetstream.Consumer, stream fun
 			// The work queue holds only records not yet stored, so its
 			// first message is the oldest of them.
 			age := 0.0
-			if st := s.CachedInfo().State; st.Msgs > 0 {
+			st := s.CachedInfo().State
+			if st.Msgs > 0 {
 				age = max(time.Since(st.FirstTime).Seconds(), 0)
 			}
 			m.oldest.Set(age)
+			m.backlog.Set(float64(st.Msgs))
 		}
 		if s, err := stream(ctx, dlq); err == nil {
 			m.dlqDepth.Set(float64(s.CachedInfo().State.Msgs))
