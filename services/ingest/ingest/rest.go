@@ -248,7 +248,12 @@ type errorJSON struct {
 }
 
 func writeError(w http.ResponseWriter, status int, err error) {
-	writeJSON(w, status, errorJSON{Error: err.Error(), Code: codeName(status)})
+	msg := err.Error()
+	var cerr *connect.Error
+	if errors.As(err, &cerr) {
+		msg = cerr.Message() // the code is in the body's own field
+	}
+	writeJSON(w, status, errorJSON{Error: msg, Code: codeName(status)})
 }
 
 func codeName(status int) string {

@@ -560,7 +560,8 @@ func TestIdempotencyKeyReusedForAnotherRecord(t *testing.T) {
 
 	// Within the window, over REST; the same record again is a duplicate.
 	code, body := p.do(http.MethodPost, "/ingest/message", key, `{"customer_key":"REUSED","name":"second"}`)
-	if code != http.StatusConflict || !strings.Contains(string(body), `"code":"already_exists"`) || !strings.Contains(string(body), first.MessageID) {
+	if code != http.StatusConflict || !strings.Contains(string(body), `"code":"already_exists"`) || !strings.Contains(string(body), first.MessageID) ||
+		strings.Contains(string(body), `"error":"already_exists:`) {
 		t.Errorf("same key, other record = %d %s, want 409 already_exists naming %s", code, body, first.MessageID)
 	}
 	// The same record re-encoded (member order, white space) is the same.
