@@ -338,18 +338,7 @@ func TestRestartsDuringAnOutageDoNotDeadLetter(t *testing.T) {
 	// One more run than there are deliveries: the last one holds the
 	// record's last attempt when it is stopped.
 	for range f.topo.MaxDeliver + 1 {
-		w, err := New(f.opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- w.Run(ctx) }()
-		testutil.WaitFor(t, 15*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatalf("worker Run: %v", err)
-		}
+		f.runUntilPaused()
 	}
 
 	f.proxy.Up()
@@ -421,18 +410,7 @@ func TestStopDuringTheLastAttemptIsNotACrash(t *testing.T) {
 	// MaxDeliver runs spend the deliveries; the two after them are each
 	// stopped inside a last attempt.
 	for range f.topo.MaxDeliver + 2 {
-		w, err := New(f.opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- w.Run(ctx) }()
-		testutil.WaitFor(t, 15*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatalf("worker Run: %v", err)
-		}
+		f.runUntilPaused()
 	}
 
 	if _, err := f.db.Exec(t.Context(), `ALTER TABLE customers RENAME COLUMN name_moved TO name`); err != nil {
@@ -460,34 +438,15 @@ func TestOutOfDeliveriesAfterAReplayIsNotStored(t *testing.T) {
 	f.proxy.Down()
 	env := f.publish(envelope.Customer, `{"customer_key":"OLD-GEN","name":"old"}`)
 	for range f.topo.MaxDeliver {
-		w, err := New(f.opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- w.Run(ctx) }()
-		testutil.WaitFor(t, 15*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatalf("worker Run: %v", err)
-		}
+		f.runUntilPaused()
 	}
 	// Meanwhile the record was replayed and stored as generation 1.
 	id := uuid.MustParse(env.GetMessageId())
-	if err := f.store.WriteStatuses(t.Context(), []store.StatusWrite{{
-		MessageID: id, Entity: envelope.Customer, Status: store.StatusCompleted,
-		ReceivedAt: env.GetReceivedAt().AsTime(), ProcessedAt: time.Now(), Generation: 1, Attempt: 1,
-	}}); err != nil {
-		t.Fatal(err)
-	}
+	f.replayedMeanwhile(env)
 
 	f.proxy.Up()
 	f.start()
-	testutil.WaitFor(t, 20*time.Second, func() (bool, error) {
-		s, err := f.js.Stream(t.Context(), f.topo.Stream)
-		return err == nil && s.CachedInfo().State.Msgs == 0, err
-	})
+	f.waitStreamEmpty()
 	var n int
 	if err := f.db.QueryRow(t.Context(), `SELECT count(*) FROM customers WHERE customer_key = 'OLD-GEN'`).Scan(&n); err != nil || n != 0 {
 		t.Errorf("customers rows for the old generation: %d (%v), want 0", n, err)
@@ -506,34 +465,45 @@ func TestRedeliveryAfterAReplayIsNotStored(t *testing.T) {
 	f := newFixture(t)
 	f.proxy.Down()
 	env := f.publish(envelope.Customer, `{"customer_key":"OLD-REDELIVERY","name":"old"}`)
-	w, err := New(f.opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	testutil.WaitFor(t, 15*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("worker Run: %v", err)
-	}
-	id := uuid.MustParse(env.GetMessageId())
-	if err := f.store.WriteStatuses(t.Context(), []store.StatusWrite{{
-		MessageID: id, Entity: envelope.Customer, Status: store.StatusCompleted,
-		ReceivedAt: env.GetReceivedAt().AsTime(), ProcessedAt: time.Now(), Generation: 1, Attempt: 1,
-	}}); err != nil {
-		t.Fatal(err)
-	}
+	f.runUntilPaused()
+	f.replayedMeanwhile(env)
 
 	f.proxy.Up()
 	f.start()
-	testutil.WaitFor(t, 20*time.Second, func() (bool, error) {
-		s, err := f.js.Stream(t.Context(), f.topo.Stream)
-		return err == nil && s.CachedInfo().State.Msgs == 0, err
-	})
+	f.waitStreamEmpty()
 	var n int
 	if err := f.db.QueryRow(t.Context(), `SELECT count(*) FROM customers WHERE customer_key = 'OLD-REDELIVERY'`).Scan(&n); err != nil || n != 0 {
 		t.Errorf("customers rows for the old generation: %d (%v), want 0", n, err)
 	}
+}
+
+// runUntilPaused runs a worker until it pauses for the database, then stops
+// it, as a rollout or a node drain would during an outage.
+func (f *fixture) runUntilPaused() {
+	f.t.Helper()
+	w, stop := f.run()
+	testutil.WaitFor(f.t, 15*time.Second, func() (bool, error) { return w.paused.Load() > 0, nil })
+	stop()
+}
+
+// replayedMeanwhile records env's message as replayed and stored in
+// generation 1, as a replay of its dead letter would have.
+func (f *fixture) replayedMeanwhile(env *envelopev1.Envelope) {
+	f.t.Helper()
+	if err := f.store.WriteStatuses(f.t.Context(), []store.StatusWrite{{
+		MessageID: uuid.MustParse(env.GetMessageId()), Entity: envelope.Customer, Status: store.StatusCompleted,
+		ReceivedAt: env.GetReceivedAt().AsTime(), ProcessedAt: time.Now(), Generation: 1, Attempt: 1,
+	}}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// waitStreamEmpty waits until the work queue holds nothing: every message
+// was settled one way or another.
+func (f *fixture) waitStreamEmpty() {
+	f.t.Helper()
+	testutil.WaitFor(f.t, 20*time.Second, func() (bool, error) {
+		s, err := f.js.Stream(f.t.Context(), f.topo.Stream)
+		return err == nil && s.CachedInfo().State.Msgs == 0, err
+	})
 }

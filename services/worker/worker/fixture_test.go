@@ -96,6 +96,16 @@ func newFixture(t *testing.T) *fixture {
 // start runs a worker with the fixture's options until the test ends.
 func (f *fixture) start() *Worker {
 	f.t.Helper()
+	w, stop := f.run()
+	f.t.Cleanup(stop)
+	testutil.WaitFor(f.t, 10*time.Second, func() (bool, error) { return w.Ready().Load(), nil })
+	return w
+}
+
+// run starts a worker with the fixture's options; stop ends it and checks
+// that Run returned cleanly.
+func (f *fixture) run() (w *Worker, stop func()) {
+	f.t.Helper()
 	w, err := New(f.opts)
 	if err != nil {
 		f.t.Fatal(err)
@@ -103,14 +113,12 @@ func (f *fixture) start() *Worker {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	f.t.Cleanup(func() {
+	return w, func() {
 		cancel()
 		if err := <-done; err != nil {
 			f.t.Errorf("worker Run: %v", err)
 		}
-	})
-	testutil.WaitFor(f.t, 10*time.Second, func() (bool, error) { return w.Ready().Load(), nil })
-	return w
+	}
 }
 
 // publish queues a record as ingest would, without writing its status.
