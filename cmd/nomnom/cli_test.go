@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -315,5 +318,48 @@ func TestBench(t *testing.T) {
 		`GET /ready latency \(50 calls\)\s+p50 [\d.]+[µm]?s, p99 [\d.]+[µm]?s`,
 	} {
 		mustMatch(t, "bench output", `(?m)^`+line, out.String())
+	}
+}
+
+// TestDLQScripts runs the curl-and-jq scripts as an operator would:
+// inspect a dead letter, refuse a bad option, dry-run a replay, then replay
+// with a corrected record from a file.
+func TestDLQScripts(t *testing.T) {
+	for _, tool := range []string{"bash", "curl", "jq"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("the DLQ scripts need %s: %v", tool, err)
+		}
+	}
+	t.Parallel()
+	url := "http://" + startPipeline(t)
+	c := cli{t: t, url: url}
+	id := c.send(`{"order_key":"SCRIPT-1","customer_key":null}`)
+	if got := c.watch(id); got != "dlq" {
+		t.Fatalf("status %s, want dlq", got)
+	}
+	script := func(name string, args ...string) (string, error) {
+		cmd := exec.CommandContext(t.Context(), "bash", append([]string{filepath.Join("..", "..", "scripts", name)}, args...)...)
+		cmd.Env = append(os.Environ(), "NOMNOM_URL="+url)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := script("inspect-dlq.sh", id); err != nil || !strings.Contains(out, "customer_key") {
+		t.Errorf("inspect-dlq.sh %s: %v\n%s", id, err, out)
+	}
+	if out, err := script("reprocess-dlq.sh", "--entity", "widget"); err == nil || !strings.Contains(out, "--entity must be") {
+		t.Errorf("reprocess-dlq.sh --entity widget: %v, want refused\n%s", err, out)
+	}
+	if out, err := script("reprocess-dlq.sh", "--dry-run", "--entity", "order"); err != nil || !strings.Contains(out, id+"\twould replay") {
+		t.Errorf("reprocess-dlq.sh --dry-run: %v\n%s", err, out)
+	}
+	fixed := filepath.Join(t.TempDir(), "fixed.json")
+	if err := os.WriteFile(fixed, []byte(`{"order_key":"SCRIPT-1","customer_key":"C-1"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := script("reprocess-dlq.sh", "--payload-file", fixed, id); err != nil || !strings.Contains(out, "1 replayed") {
+		t.Errorf("reprocess-dlq.sh --payload-file: %v\n%s", err, out)
+	}
+	if got := c.watch(id); got != "completed" {
+		t.Errorf("status after the corrected replay: %s, want completed", got)
 	}
 }
