@@ -69,15 +69,3 @@ SELECT status, entity_type, count(*) AS count
 FROM message_status
 GROUP BY status, entity_type
 ORDER BY status, entity_type;
-
--- name: MessageStatusSetFingerprints :exec
--- Records the fingerprints of keyed records where the row has none: the
--- 'accepted' write that carries one changes nothing when a worker's write
--- landed first.
-UPDATE message_status AS t
-SET record_sha256 = u.record_sha256
-FROM (SELECT
-    unnest(@message_ids::uuid[]) AS message_id,
-    unnest(@record_sha256s::bytea[]) AS record_sha256
-) AS u
-WHERE t.message_id = u.message_id AND t.record_sha256 IS NULL;

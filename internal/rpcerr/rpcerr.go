@@ -57,7 +57,7 @@ func Code(err error) connect.Code {
 		return connect.CodeUnavailable
 	case errors.As(err, &pgErr) && store.Classify(err) == store.Unavailable:
 		return connect.CodeUnavailable
-	case errors.Is(err, io.ErrUnexpectedEOF), errors.As(err, &netErr), pgconn.SafeToRetry(err):
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.As(err, &netErr):
 		// The connection to PostgreSQL broke mid-call.
 		return connect.CodeUnavailable
 	}

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -99,4 +101,17 @@ func NeedsConfirming(err error) bool {
 	var connErr *pgconn.ConnectError
 	var pgErr *pgconn.PgError
 	return !errors.As(err, &connErr) && !errors.As(err, &pgErr)
+}
+
+// Unreachable reports an error of a call that could not reach PostgreSQL
+// (refused, reset, timed out connecting), as opposed to one the server
+// answered, even with an outage-like SQLSTATE such as a failed login.
+func Unreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return false
+	}
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connErr) || errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF)
 }

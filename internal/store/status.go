@@ -204,26 +204,6 @@ func setStatusAt(p *dbgen.MessageStatusUpsertManyParams, i int, w StatusWrite) {
 	p.RecordSha256s[i] = w.RecordSHA256
 }
 
-// SetFingerprints records the RecordSHA256 of writes whose rows have none
-// (a worker's write may have created the row before ingest's 'accepted',
-// which then changed nothing). Writes without one are skipped.
-func (s *Store) SetFingerprints(ctx context.Context, writes []StatusWrite) error {
-	var p dbgen.MessageStatusSetFingerprintsParams
-	for _, w := range writes {
-		if w.RecordSHA256 != nil {
-			p.MessageIds = append(p.MessageIds, pgUUID(w.MessageID))
-			p.RecordSha256s = append(p.RecordSha256s, w.RecordSHA256)
-		}
-	}
-	if len(p.MessageIds) == 0 {
-		return nil
-	}
-	if err := s.q.MessageStatusSetFingerprints(ctx, p); err != nil {
-		return fmt.Errorf("set %d record fingerprints: %w", len(p.MessageIds), err)
-	}
-	return nil
-}
-
 // RecordFailures writes failed or dead-lettered statuses together with the
 // attempts that led to them, in one transaction.
 func (s *Store) RecordFailures(ctx context.Context, writes []StatusWrite, attempts []Attempt) error {

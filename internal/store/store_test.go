@@ -400,34 +400,26 @@ func TestListStatusesPagesWithoutGapsOrRepeats(t *testing.T) {
 	}
 }
 
-// TestFingerprintSurvivesTheRace: ingest's 'accepted' write carries the
-// record's fingerprint, but changes nothing when the worker's write landed
-// first; SetFingerprints then records it, once, and never replaces it.
+// TestFingerprintSurvivesTheRace: the record's fingerprint travels in its
+// envelope, so whichever write creates the status row stores it, the
+// worker's too when it lands before ingest's 'accepted'; a later write
+// never replaces it.
 func TestFingerprintSurvivesTheRace(t *testing.T) {
 	st := store.New(testutil.NewDatabase(t))
 	id := uuid.Must(uuid.NewV7())
 	completed := statusWrite(store.StatusCompleted, 0, 1, "")
-	completed.MessageID = id
+	completed.MessageID, completed.RecordSHA256 = id, []byte("first-record-fingerprint")
 	accepted := statusWrite(store.StatusAccepted, 0, 0, "")
 	accepted.MessageID, accepted.RecordSHA256 = id, []byte("first-record-fingerprint")
-	for _, w := range []store.StatusWrite{completed, accepted} {
+	replayed := statusWrite(store.StatusAccepted, 1, 0, "")
+	replayed.MessageID, replayed.RecordSHA256 = id, []byte("another-record-fingerprint")
+	for _, w := range []store.StatusWrite{completed, accepted, replayed} {
 		if err := st.WriteStatuses(t.Context(), []store.StatusWrite{w}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got, err := st.GetStatus(t.Context(), id); err != nil || got.RecordSHA256 != nil {
-		t.Fatalf("after the late accepted: %+v, %v; want no fingerprint yet (the premise of this test)", got, err)
-	}
-	if err := st.SetFingerprints(t.Context(), []store.StatusWrite{accepted}); err != nil {
-		t.Fatal(err)
-	}
-	other := accepted
-	other.RecordSHA256 = []byte("another-record-fingerprint")
-	if err := st.SetFingerprints(t.Context(), []store.StatusWrite{other}); err != nil {
-		t.Fatal(err)
-	}
 	got, err := st.GetStatus(t.Context(), id)
-	if err != nil || string(got.RecordSHA256) != "first-record-fingerprint" || got.Status != store.StatusCompleted {
-		t.Errorf("status = %+v, %v; want completed with the first record's fingerprint", got, err)
+	if err != nil || string(got.RecordSHA256) != "first-record-fingerprint" || got.Generation != 1 {
+		t.Errorf("status = %+v, %v; want generation 1 with the first record's fingerprint", got, err)
 	}
 }

@@ -179,29 +179,6 @@ func (q *Queries) MessageStatusList(ctx context.Context, arg MessageStatusListPa
 	return items, nil
 }
 
-const messageStatusSetFingerprints = `-- name: MessageStatusSetFingerprints :exec
-UPDATE message_status AS t
-SET record_sha256 = u.record_sha256
-FROM (SELECT
-    unnest($1::uuid[]) AS message_id,
-    unnest($2::bytea[]) AS record_sha256
-) AS u
-WHERE t.message_id = u.message_id AND t.record_sha256 IS NULL
-`
-
-type MessageStatusSetFingerprintsParams struct {
-	MessageIds    []pgtype.UUID
-	RecordSha256s [][]byte
-}
-
-// Records the fingerprints of keyed records where the row has none: the
-// 'accepted' write that carries one changes nothing when a worker's write
-// landed first.
-func (q *Queries) MessageStatusSetFingerprints(ctx context.Context, arg MessageStatusSetFingerprintsParams) error {
-	_, err := q.db.Exec(ctx, messageStatusSetFingerprints, arg.MessageIds, arg.RecordSha256s)
-	return err
-}
-
 const messageStatusUpsertMany = `-- name: MessageStatusUpsertMany :exec
 INSERT INTO message_status AS t (
     message_id, entity_type, status, received_at, processed_at, retry_count,

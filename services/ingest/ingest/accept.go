@@ -175,8 +175,6 @@ func (s *Service) accept(ctx context.Context, recs []pending) []outcome {
 			s.log.WarnContext(ctx, "accepted status not written; the worker will write it when it processes the messages (logged at most every 10s; see nomnom_ingest_status_write_failures_total)",
 				"error", err, "messages", len(writes))
 		})
-	} else if err := s.store.SetFingerprints(wctx, writes); err != nil {
-		s.log.WarnContext(ctx, "idempotency key fingerprints not stored; a reused key will pass for a retry", "error", err)
 	}
 	debug := s.log.Enabled(ctx, slog.LevelDebug)
 	for _, o := range outs {

@@ -161,8 +161,7 @@ func (s *Service) recordPending(rec *ingestv1.Record) (pending, error) {
 	}
 	p := pending{entity: entity, payload: payload, source: rec.GetSource(), idempotencyKey: rec.GetIdempotencyKey()}
 	if p.idempotencyKey != "" {
-		// Of the JSON, canonicalised, as for raw records: the same record
-		// sent typed or raw has one fingerprint.
+		// Of the JSON rendering, canonicalised, as for raw records.
 		p.fingerprint = fingerprint(payload)
 	}
 	return p, nil

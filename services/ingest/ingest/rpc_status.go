@@ -118,7 +118,7 @@ func (s *Service) WatchStatus(ctx context.Context, req *connect.Request[statusv1
 			if st.Status.Terminal() {
 				return nil
 			}
-		case rpcerr.Code(err) == connect.CodeUnavailable:
+		case !errors.Is(err, store.ErrNotFound) && store.Unreachable(err):
 			// PostgreSQL is down: keep watching, at the slowest pace,
 			// until it is back or the client gives up.
 			wait = watchMaxInterval

@@ -213,7 +213,11 @@ func (w *Worker) putBack(ctx context.Context, m jetstream.Msg, attempt int32) {
 		_ = m.Nak()
 		return
 	}
-	_ = m.Ack()
+	// Confirmed, or the original could come back beside its copy and be
+	// judged without the note.
+	if err := m.DoubleAck(pctx); err != nil {
+		w.log.Warn("interrupted last attempt recorded, but its original advisory not acknowledged; it may be judged a crash", "error", err)
+	}
 }
 
 // handleAdvisory settles the message of one max-deliveries advisory m: it

@@ -121,7 +121,15 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 	// it on, and storing the older generation would put back the payload
 	// the replay may have corrected.
 	if d := ds[0]; len(ds) == 1 && d.attempt > 1 && d.err == nil {
-		if st, err := w.store.GetStatus(ctx, d.id); err == nil && st.Generation > d.env.GetReplayCount() {
+		var st store.MessageStatus
+		var err error
+		if !w.untilAvailable(ctx, stop, msgs, func() error {
+			st, err = w.store.GetStatus(ctx, d.id)
+			return err
+		}) {
+			return
+		}
+		if err == nil && st.Generation > d.env.GetReplayCount() {
 			w.log.Info("dropping a redelivery of a replayed record's older generation", "message_id", d.id,
 				"generation", d.env.GetReplayCount(), "status_generation", st.Generation)
 			_ = d.msg.Ack()
