@@ -112,6 +112,30 @@ func TestStartNATSLocksItsStore(t *testing.T) {
 	again.Shutdown()
 }
 
+// TestStartNATSKeepsItsPort: with the default port taken, a store keeps
+// the port it had, so the nats -s URL printed at the first start still
+// works after a restart.
+func TestStartNATSKeepsItsPort(t *testing.T) {
+	if l, err := net.Listen("tcp", "127.0.0.1:4222"); err == nil {
+		t.Cleanup(func() { l.Close() })
+	}
+	dir := t.TempDir()
+	first, err := StartNATS(t.Context(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := first.URL()
+	first.Shutdown()
+	again, err := StartNATS(t.Context(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Shutdown()
+	if again.URL() != url {
+		t.Errorf("restarted on %s, want %s as before", again.URL(), url)
+	}
+}
+
 func TestStartNATSFailsFastOnTakenPort(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

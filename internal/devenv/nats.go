@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,15 +59,23 @@ func StartNATS(ctx context.Context, storeDir string, logger *slog.Logger) (*Embe
 	if err != nil {
 		return nil, fmt.Errorf("nats store: %w", err)
 	}
+	// The default port, else the one this store had last time (so the
+	// `nats -s` URL an operator noted still works), else any free one.
+	portFile := filepath.Join(storeDir, "port")
 	port := DefaultNATSPort
-	if !portFree(DefaultNATSPort) {
+	if !portFree(port) {
 		port = server.RANDOM_PORT
+		if b, err := os.ReadFile(portFile); err == nil {
+			if last, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && last > 0 && portFree(last) {
+				port = last
+			}
+		}
 	}
 	e, err := startNATS(ctx, storeDir, port, logger)
-	if err != nil && port == DefaultNATSPort && ctx.Err() == nil {
+	if err != nil && port != server.RANDOM_PORT && ctx.Err() == nil {
 		// Someone took the port between the probe and the server's own
 		// listen (two `make run`s at once); any free port will do.
-		logger.Debug("nats: default port lost, using a free one", "err", err)
+		logger.Debug("nats: port lost, using a free one", "port", port, "err", err)
 		e, err = startNATS(ctx, storeDir, server.RANDOM_PORT, logger)
 	}
 	if err != nil {
@@ -72,6 +83,9 @@ func StartNATS(ctx context.Context, storeDir string, logger *slog.Logger) (*Embe
 		return nil, err
 	}
 	e.unlock = unlock
+	if addr, ok := e.srv.Addr().(*net.TCPAddr); ok {
+		_ = os.WriteFile(portFile, []byte(strconv.Itoa(addr.Port)+"\n"), 0o644)
+	}
 	return e, nil
 }
 
