@@ -4,10 +4,12 @@ package bootstrap
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -57,7 +59,7 @@ func Open(ctx context.Context, cfg config.Config, name string, logger *slog.Logg
 		return nil, fmt.Errorf("open postgres pool: %w", err)
 	}
 	d := &Deps{Pool: pool, Topology: Topology(cfg)}
-	if err := store.Migrate(ctx, pool, logger); err != nil {
+	if err := migrate(ctx, pool, cfg, logger); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("postgres at %s: %w", config.RedactURL(cfg.DatabaseURL), err)
 	}
@@ -79,6 +81,32 @@ func Open(ctx context.Context, cfg config.Config, name string, logger *slog.Logg
 		return nil, err
 	}
 	return d, nil
+}
+
+// migrate applies the migrations, waiting while PostgreSQL cannot be
+// reached or is still starting: a service started during a short outage
+// (a rollout, a failover) comes up when the database does, instead of
+// exiting; its orchestrator decides how long that may take (the
+// Kubernetes manifests give it two minutes).
+func migrate(ctx context.Context, pool *pgxpool.Pool, cfg config.Config, logger *slog.Logger) error {
+	wait := 500 * time.Millisecond
+	for {
+		err := store.Migrate(ctx, pool, logger)
+		var pgErr *pgconn.PgError
+		starting := errors.As(err, &pgErr) && pgErr.Code == "57P03" // the database system is starting up
+		if err == nil || !(store.Unreachable(err) || starting) || ctx.Err() != nil {
+			return err
+		}
+		logger.Warn("waiting for postgres", "url", config.RedactURL(cfg.DatabaseURL), "error", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("stopped while waiting: %w", err)
+		case <-t.C:
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
 }
 
 // PingNATS checks the NATS connection with a round trip to the server.
