@@ -257,11 +257,8 @@ func (w *Worker) handleAdvisory(ctx, stop context.Context, stream jetstream.Stre
 		// dead-lettering failed then.
 		return w.deadLetterLast(ctx, failure{d: d, class: ClassPermanent, err: d.err}, settled)
 	}
-	var st store.MessageStatus
-	if !w.untilAvailable(ctx, stop, []jetstream.Msg{m}, func() error {
-		st, err = w.store.GetStatus(ctx, d.id)
-		return err
-	}) {
+	st, running, err := w.readStatus(ctx, stop, []jetstream.Msg{m}, d.id)
+	if !running {
 		return errStopped
 	}
 	if err != nil && !errors.Is(err, store.ErrNotFound) {

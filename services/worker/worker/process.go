@@ -121,12 +121,8 @@ func (w *Worker) process(ctx, stop context.Context, msgs []jetstream.Msg) {
 	// it on, and storing the older generation would put back the payload
 	// the replay may have corrected.
 	if d := ds[0]; len(ds) == 1 && d.attempt > 1 && d.err == nil {
-		var st store.MessageStatus
-		var err error
-		if !w.untilAvailable(ctx, stop, msgs, func() error {
-			st, err = w.store.GetStatus(ctx, d.id)
-			return err
-		}) {
+		st, running, err := w.readStatus(ctx, stop, msgs, d.id)
+		if !running {
 			return
 		}
 		if err == nil && st.Generation > d.env.GetReplayCount() {
@@ -249,6 +245,17 @@ func (w *Worker) isolate(ctx, stop context.Context, msgs []jetstream.Msg, ds []*
 		}
 	}
 	return stored, superseded, failures, true
+}
+
+// readStatus reads a message's status row, waiting while PostgreSQL is
+// unavailable as untilAvailable does; running is false if the worker
+// stopped meanwhile (msgs were handed back).
+func (w *Worker) readStatus(ctx, stop context.Context, msgs []jetstream.Msg, id uuid.UUID) (st store.MessageStatus, running bool, err error) {
+	running = w.untilAvailable(ctx, stop, msgs, func() error {
+		st, err = w.store.GetStatus(ctx, id)
+		return err
+	})
+	return st, running, err
 }
 
 // untilAvailable runs op, and while PostgreSQL is unreachable or refuses
